@@ -144,11 +144,13 @@ class Canvas:
 
     def project(self, x, y, z) -> np.ndarray:
         """World points (broadcastable arrays, metres) -> pixel coordinates ``(N, 2)`` as (u, v)."""
-        dz = np.maximum(np.asarray(z, np.float64) - self.cz, NEAR)
-        u = self.u0 + self.f * (np.asarray(x, np.float64) - self.cx) / dz
-        v = self.v0 + self.f * (self.ch - np.asarray(y, np.float64)) / dz
-        u, v = np.broadcast_arrays(u, v)
-        return np.stack([u.ravel(), v.ravel()], axis=1)
+        x, y, z = np.asarray(x, np.float64), np.asarray(y, np.float64), np.asarray(z, np.float64)
+        n = max(x.size, y.size, z.size)
+        out = np.empty((n, 2))
+        inv = self.f / np.maximum(z - self.cz, NEAR)
+        out[:, 0] = self.u0 + (x - self.cx) * inv
+        out[:, 1] = self.v0 + (self.ch - y) * inv
+        return out
 
     def scale(self, z: float) -> float:
         """Pixels per metre at depth ``z``."""
@@ -221,6 +223,10 @@ def rasterize(world: World, t: float, height: int, width: int) -> Canvas:
         extent = ob.get("len", 1.5)
         if z + extent < cv.cz + NEAR or z > cv.cz + FAR:
             continue
+        # Cull objects outside the horizontal field of view (4 m margin for arms, crowns and widths).
+        inv = cv.f / max(z + (extent if abs(x - cv.cx) > 4 else 0.0) - cv.cz, NEAR)
+        if abs(x - cv.cx) - 4.0 > (cv.w / 2 + 2) / inv:
+            continue
         placed.append((z, x, ob))
     placed.sort(key=lambda p: -p[0])
     for z, x, ob in placed:
@@ -284,7 +290,8 @@ def _car_like(cv: Canvas, ob: dict, x: float, z: float, cls: int) -> None:
     x0, x1, z1 = x, x + w, z + ln
     rgb = np.asarray(color(d, cls, ob["tone"]))
     tyre = (0.06, 0.06, 0.07)
-    for zw in (z1 - 1.2, z + 0.6):  # far axle first
+    detail = cv.scale(z) * w > 5  # wheels, windows and lights only when a few pixels wide
+    for zw in (z1 - 1.2, z + 0.6) if detail else ():  # far axle first
         cv.box(x0 + 0.02, x0 + 0.28, 0, 0.62, zw, zw + 0.6, cls, tyre)
         cv.box(x1 - 0.28, x1 - 0.02, 0, 0.62, zw, zw + 0.6, cls, tyre)
     glass = np.asarray(_GLASS[d]) / 255.0
@@ -293,7 +300,7 @@ def _car_like(cv: Canvas, ob: dict, x: float, z: float, cls: int) -> None:
         cv.box(x0, x1, 0.25, body_top, z, z1, cls, rgb)
         cz0, cz1 = z + 0.9, z1 - 1.1
         cv.box(x0 + 0.12, x1 - 0.12, body_top, h, cz0, cz1, cls, rgb * 0.95)
-        if max(cz0, cv.cz + NEAR) < cz1:  # rear / front window on the cabin face
+        if detail and max(cz0, cv.cz + NEAR) < cz1:  # rear / front window on the cabin face
             zf = max(cz0, cv.cz + NEAR)
             cv.poly(
                 cv.project(
@@ -326,7 +333,7 @@ def _car_like(cv: Canvas, ob: dict, x: float, z: float, cls: int) -> None:
                     zp,
                 )
     zf = max(z, cv.cz + NEAR)
-    if zf < z1:  # tail lights (or head lights for oncoming traffic)
+    if detail and zf < z1:  # tail lights (or head lights for oncoming traffic)
         lamp = (1.0, 0.95, 0.8) if ob["vz"] < 0 else (0.9, 0.08, 0.05)
         for lx in (x0 + 0.08, x1 - 0.33):
             cv.poly(
@@ -498,7 +505,8 @@ def _draw_tree(cv: Canvas, ob: dict, x: float, z: float, t: float) -> None:
     bark = color(cv.domain, VEGETATION, ob["tone"], 0.55)
     cv.box(x - 0.13, x + 0.13, 0, h - r, z - 0.13, z + 0.13, VEGETATION, bark)
     leaf = np.asarray(color(cv.domain, VEGETATION, ob["tone"]))
-    for k, (dx, dy, dr) in enumerate(ob["blobs"]):
+    blobs = ob["blobs"] if cv.scale(z) * r > 3 else ob["blobs"][:1]  # far trees: one blob
+    for k, (dx, dy, dr) in enumerate(blobs):
         cv.disc(
             x + 0.5 * r * dx,
             h - r + 0.4 * r * dy,
