@@ -1,0 +1,105 @@
+"""Location contrast shared by the patch (PiPa) and temporal (PiPa++) losses.
+
+Two views (two crops, or key and reference frame) give features ``f1`` and
+``f2``; ``idx1[k]`` and ``idx2[k]`` index the two features that see the same
+image location ``k``. Each such pair is a positive (in both directions);
+every other feature -- other locations of both views, other images of the
+batch, and optional memory-bank entries -- is a negative::
+
+    L = -mean_k mean_{(a,b) in {(1,2),(2,1)}} log[ r(f_a[k], f_b[k]) / sum_n r(f_a[k], f_n) ]
+
+Each anchor has exactly one positive, so the ``"all"`` and ``"pos_neg"``
+denominators of :func:`info_nce` coincide here. The loss is symmetric in
+the two views.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from pipa_core.losses.infonce import info_nce, zero_loss
+from pipa_core.losses.memory_bank import ClassMemoryBank
+
+
+def _randperm(n: int, generator: torch.Generator | None, device: torch.device) -> torch.Tensor:
+    dev = generator.device if generator is not None else device
+    return torch.randperm(n, generator=generator, device=dev).to(device)
+
+
+def location_contrast(
+    f1: torch.Tensor,
+    f2: torch.Tensor,
+    idx1: torch.Tensor,
+    idx2: torch.Tensor,
+    *,
+    temperature: float = 0.1,
+    max_locations: int | None = 1024,
+    num_negatives: int | None = 3200,
+    memory_bank: ClassMemoryBank | None = None,
+    update_bank: bool = True,
+    chunk_size: int | None = 1024,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """InfoNCE over matched locations of two views.
+
+    Args:
+        f1, f2: (N1, E), (N2, E) all features of view 1 / view 2 (whole batch).
+        idx1, idx2: (P,) long; ``f1[idx1[k]]`` and ``f2[idx2[k]]`` share a location.
+        max_locations: subsample at most this many matched pairs (``None``: all).
+        num_negatives: extra negatives drawn uniformly from the *unmatched or
+            unselected* features of both views (``None``: all of them, 0: none).
+        memory_bank: optional queue of negatives (all entries are negatives);
+            after the call the drawn negatives are enqueued (class 0) when
+            ``update_bank``.
+    Returns:
+        scalar loss, graph-connected 0 when ``P == 0``.
+    """
+    dev = f1.device
+    p = idx1.numel()
+    if idx2.numel() != p:
+        raise ValueError(
+            f"location_contrast: idx1 and idx2 must have equal length, got {p}, {idx2.numel()}"
+        )
+    if p == 0:
+        return zero_loss(f1, f2)
+    if max_locations is not None and p > max_locations:
+        keep = _randperm(p, generator, dev)[:max_locations]
+        idx1, idx2, p = idx1[keep], idx2[keep], max_locations
+    n1 = f1.shape[0]
+    anchors = torch.cat([f1[idx1], f2[idx2]])
+    loc = torch.arange(p, device=dev)
+    ids = torch.cat([loc, loc])
+    views = torch.cat(
+        [torch.zeros(p, dtype=torch.long, device=dev), torch.ones(p, dtype=torch.long, device=dev)]
+    )
+
+    # Negatives: every feature of either view that is not an anchor.
+    used = torch.zeros(n1 + f2.shape[0], dtype=torch.bool, device=dev)
+    used[idx1] = True
+    used[n1 + idx2] = True
+    pool = torch.nonzero(~used, as_tuple=True)[0]
+    if num_negatives is not None and pool.numel() > num_negatives:
+        pool = pool[_randperm(pool.numel(), generator, dev)[:num_negatives]]
+    pool1, pool2 = pool[pool < n1], pool[pool >= n1] - n1
+    negs = torch.cat([f1[pool1], f2[pool2]])
+    cands = [anchors, negs]
+    if memory_bank is not None and len(memory_bank) > 0:
+        cands.append(memory_bank.get()[0].to(anchors.dtype))
+    cand = torch.cat(cands)
+    n_extra = cand.shape[0] - 2 * p
+    # unique ids (never equal to a location id) make every extra candidate a negative
+    cand_ids = torch.cat([ids, 2 * p + torch.arange(n_extra, device=dev)])
+    cand_views = torch.cat([views, torch.full((n_extra,), 2, dtype=torch.long, device=dev)])
+    loss = info_nce(
+        anchors,
+        cand,
+        ids,
+        cand_ids,
+        temperature=temperature,
+        anchor_views=views,
+        candidate_views=cand_views,
+        chunk_size=chunk_size,
+    )
+    if memory_bank is not None and update_bank and negs.shape[0] > 0:
+        memory_bank.enqueue(negs, torch.zeros(negs.shape[0], dtype=torch.long, device=dev))
+    return loss + zero_loss(f1, f2)
