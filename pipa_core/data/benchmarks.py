@@ -19,7 +19,7 @@ from torch.utils.data import Dataset
 
 from pipa_core.data.base import DatasetError, Transform
 from pipa_core.data.labels import check_protocol
-from pipa_core.data.transforms import train_pipeline, val_pipeline
+from pipa_core.data.transforms import Compose, DropLabel, train_pipeline, val_pipeline
 
 Size = tuple[int, int]
 
@@ -55,6 +55,8 @@ class BenchmarkSpec:
             get weight 0 (DAFormer: 15 / 120 for synthetic-to-Cityscapes at 512x512 crops,
             hiding the ego-car hood and the rectification border).
         cat_max_ratio: maximum single-class share of a source crop.
+        rcs_temperature / rcs_min_pixels / rcs_min_crop_ratio: RCS settings (DAFormer:
+            0.01 / 3000 / 0.5; see ``pipa_core.data.rcs``).
     """
 
     name: str
@@ -71,6 +73,9 @@ class BenchmarkSpec:
     pseudo_ignore_top: int = 0
     pseudo_ignore_bottom: int = 0
     cat_max_ratio: float = 0.75
+    rcs_temperature: float = 0.01
+    rcs_min_pixels: int = 3000
+    rcs_min_crop_ratio: float = 0.5
     notes: str = field(default="", compare=False)
 
     def __post_init__(self) -> None:
@@ -116,14 +121,40 @@ BENCHMARKS: dict[str, BenchmarkSpec] = {
                                   options=(("sequences", ("SYNTHIA-SEQS-04-DAWN",)),)),),
                       _CSSEQ_TARGET, _CSSEQ_VAL, ((760, 1280),), (512, 1024),
                       protocols=("synseq11",), video=True),
-        BenchmarkSpec("synthetic", (DatasetRef("synthetic", "synthetic", "train",
-                                               options=(("domain", "source"),)),),
-                      DatasetRef("synthetic", "synthetic", "train", False, (("domain", "target"),)),
-                      DatasetRef("synthetic", "synthetic", "val", True, (("domain", "target"),)),
-                      ((128, 256),), (128, 256), crop_size=(128, 128),
-                      notes="embedded benchmark, generated on first use (pipa_core.data.synthetic)"),
     )
 }  # fmt: skip
+
+
+def synthetic_benchmark(size: str = "default", seed: int = 0) -> BenchmarkSpec:
+    """The embedded synthetic benchmark (``pipa_core.data.synthetic``) at a size preset.
+
+    Images are used at their generated size (128x256 for ``"default"``) with
+    square crops of the image height (128x128); class protocol ``cs19``; no RCS.
+    The cache is generated under ``<data_root>/synthetic`` on first use.
+    """
+    from pipa_core.data.synthetic import PRESETS
+
+    if size not in PRESETS:
+        raise DatasetError(f"unknown synthetic size {size!r}; valid: {', '.join(PRESETS)}")
+    h, w = PRESETS[size].height, PRESETS[size].width
+    gen = (("size", size), ("seed", seed))
+
+    def ref(domain: str, split: str, labelled: bool) -> DatasetRef:
+        return DatasetRef("synthetic", "synthetic", split, labelled, (("domain", domain), *gen))
+
+    return BenchmarkSpec(
+        "synthetic",
+        (ref("source", "train", True),),
+        ref("target", "train", False),
+        ref("target", "val", True),
+        ((h, w),),
+        (h, w),
+        crop_size=(h, h),
+        notes="embedded benchmark, generated on first use (pipa_core.data.synthetic)",
+    )
+
+
+BENCHMARKS["synthetic"] = synthetic_benchmark()
 
 
 def get_benchmark(name: str) -> BenchmarkSpec:
@@ -192,6 +223,8 @@ def _synthetic(root: Path, ref: DatasetRef, t: Transform, video: bool, off: int,
 
     domain = o.pop("domain")
     root = ensure_synthetic(root, **o)
+    if not ref.labelled:  # the synthetic target stores labels; UDA must not see them
+        t = Compose([DropLabel()] + ([t] if t is not None else []))
     if video:
         return SyntheticSequenceDataset(root, domain, ref_offset=off, transform=t)
     return SyntheticDataset(root, domain, ref.split, transform=t)
@@ -267,7 +300,14 @@ def build_train_dataset(
     sources = build_source_datasets(spec, data_root, photometric)
     target = build_target_dataset(spec, data_root, photometric)
     use_rcs = spec.rcs if rcs is None else rcs
-    samplers = [RareClassSampler.from_dataset(s) for s in sources] if use_rcs else None
+    rcs_kwargs = dict(
+        temperature=spec.rcs_temperature,
+        min_pixels=spec.rcs_min_pixels,
+        min_crop_ratio=spec.rcs_min_crop_ratio,
+    )
+    samplers = (
+        [RareClassSampler.from_dataset(s, **rcs_kwargs) for s in sources] if use_rcs else None
+    )
     return UDADataset(sources, target, samplers, target_sampling, seed)
 
 

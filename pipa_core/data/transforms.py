@@ -231,6 +231,16 @@ class PhotoMetricDistortion:
         return sample
 
 
+class DropLabel:
+    """Replace the label by all-255 (``IGNORE_INDEX``): use a labelled dataset as unlabelled target."""
+
+    def __call__(self, sample: dict) -> dict:
+        sample = wrap_sample(sample)
+        if "label" in sample:
+            sample["label"] = tv_tensors.Mask(torch.full_like(sample["label"], IGNORE_INDEX))
+        return sample
+
+
 class Normalize:
     """Subtract ``mean`` and divide by ``std`` per channel on ``img`` / ``img_ref`` (default ImageNet).
 
