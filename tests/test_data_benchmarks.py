@@ -1,0 +1,108 @@
+"""Benchmark presets build on fixture trees laid out like the real downloads."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import data_fixtures as fx
+import pytest
+import torch
+
+from pipa_core.data.base import DatasetError
+from pipa_core.data.benchmarks import (
+    BENCHMARKS,
+    build_train_dataset,
+    build_val_dataset,
+    get_benchmark,
+    synthetic_benchmark,
+)
+from pipa_core.data.labels import PROTOCOLS
+from pipa_core.data.prepare import prepare
+
+REAL = ["gta2cs", "syn2cs", "gtasyn2cs", "cs2acdc", "cs2darkzurich", "viper2csseq", "synseq2csseq"]
+
+
+@pytest.fixture(scope="module")
+def data_root(tmp_path_factory):
+    root = tmp_path_factory.mktemp("data")
+    fx.make_gta(root / "gta", n=3)
+    fx.make_synthia(root / "synthia", n=3)
+    fx.make_cityscapes(root / "cityscapes", per_city=1)
+    for split in ("train", "val"):  # the sequences behind the same gtFine frames
+        for city in ("aachen", "zurich"):
+            fx.make_cityscapes_seq(root / "cityscapes", split=split, city=city, seqs=(0,))
+    fx.make_acdc(root / "acdc")
+    fx.make_darkzurich(root / "dark_zurich")
+    fx.make_viper(root / "viper", frames=range(0, 3), labelled=(1, 2))
+    fx.make_synthia_seq(root / "synthia_seq", n=3)
+    for name, sub in [("gta", "gta"), ("synthia", "synthia"), ("cityscapes", "cityscapes"),
+                      ("acdc", "acdc"), ("darkzurich", "dark_zurich"), ("viper", "viper"),
+                      ("synthia_seq", "synthia_seq")]:  # fmt: skip
+        prepare(name, root / sub, progress=False)
+    return root
+
+
+def test_presets_are_complete_and_consistent():
+    assert set(REAL) | {"synthetic"} == set(BENCHMARKS)
+    for spec in BENCHMARKS.values():
+        assert all(p in PROTOCOLS for p in spec.protocols)
+        assert len(spec.source_scales) == len(spec.sources)
+        with pytest.raises(dataclasses.FrozenInstanceError):
+            spec.rcs = not spec.rcs
+    gta = get_benchmark("gta2cs")
+    assert (gta.pseudo_ignore_top, gta.pseudo_ignore_bottom) == (15, 120)
+    assert gta.source_scales == ((720, 1280),) and gta.target_scale == (512, 1024)
+    assert gta.crop_size == (512, 512) and gta.rcs and gta.protocols == ("cs19",)
+    assert get_benchmark("syn2cs").protocols == ("syn16", "syn13")
+    assert [s.name for s in get_benchmark("gtasyn2cs").sources] == ["gta", "synthia"]
+    assert get_benchmark("viper2csseq").video and get_benchmark("viper2csseq").protocols == (
+        "viper15",
+    )
+    assert get_benchmark("synseq2csseq").protocols == ("synseq11",)
+    syn = get_benchmark("synthetic")
+    assert syn.crop_size == (128, 128) and syn.target_scale == (128, 256)
+    assert syn.protocols == ("cs19",) and not syn.rcs
+    with pytest.raises(DatasetError, match="valid names: gta2cs, syn2cs"):
+        get_benchmark("gta2city")
+
+
+@pytest.mark.parametrize("name", REAL)
+def test_real_preset_builds_on_fixture_trees(data_root, name):
+    # Fixture labels are tiny: lower RCS's 3000-pixel threshold so every class qualifies.
+    spec = dataclasses.replace(get_benchmark(name), rcs_min_pixels=10)
+    train = build_train_dataset(spec, data_root, seed=0, photometric=False)
+    assert (train.rcs is not None) == spec.rcs
+    item = train[0]
+    for dom in ("source", "target"):
+        s = item[dom]
+        assert s["img"].shape == (3, *spec.crop_size) and s["label"].shape == spec.crop_size
+        assert ("img_ref" in s) == spec.video
+        if spec.video:
+            assert s["img_ref"].shape == s["img"].shape and s["ref_offset"] == spec.ref_offset
+    assert (item["target"]["label"] == 255).all()
+    assert (item["source"]["label"] != 255).any()
+    val = build_val_dataset(spec, data_root)
+    v = val[0]
+    assert v["img"].shape == (3, *spec.target_scale) and v["label"].shape == spec.target_scale
+    assert (v["label"] != 255).any()
+
+
+def test_missing_dataset_under_data_root_names_layout(tmp_path):
+    with pytest.raises(
+        DatasetError, match="(?s)GTA5: dataset root .*gta does not exist.*prepare gta"
+    ):
+        build_train_dataset(get_benchmark("gta2cs"), tmp_path)
+
+
+def test_synthetic_preset_uses_embedded_benchmark(tmp_path):
+    spec = synthetic_benchmark("tiny")
+    assert spec.crop_size == (32, 32) and spec.target_scale == (32, 64)
+    train = build_train_dataset(spec, tmp_path, seed=0)
+    item = train[0]
+    assert item["source"]["img"].shape == (3, 32, 32)
+    assert (item["source"]["label"] != 255).any()
+    assert (item["target"]["label"] == 255).all()  # the target's stored labels are hidden
+    val = build_val_dataset(spec, tmp_path)
+    assert val[0]["img"].shape == (3, 32, 64) and (val[0]["label"] != 255).any()
+    assert (tmp_path / "synthetic" / "source" / "train" / "images").is_dir()
+    assert torch.equal(train[0]["source"]["img"], item["source"]["img"])  # deterministic items
