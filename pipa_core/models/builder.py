@@ -1,0 +1,100 @@
+"""``build_segmentor``: architecture names -> ready-to-train :class:`Segmentor`.
+
+Names: ``daformer_mit_b0`` ... ``daformer_mit_b5`` (DAFormer head on MiT),
+``segformer_mit_b0`` ... ``segformer_mit_b5`` (SegFormer all-MLP head) and
+``deeplabv2_r50`` / ``deeplabv2_r101`` (dilated ResNet + ASPP classifier).
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Optional, Sequence, Union
+
+import torch
+from torch import nn
+
+from pipa_core.models import mit
+from pipa_core.models.decoders import DAFormerHead, SegFormerHead
+from pipa_core.models.deeplabv2 import ASPPClassifier, ResNetEncoder
+from pipa_core.models.pretrained import load_pretrained
+from pipa_core.models.projection import ProjectionHead
+from pipa_core.models.segmentor import Segmentor
+
+__all__ = ["ARCHS", "build_segmentor"]
+
+_MIT = [f"mit_b{i}" for i in range(6)]
+_RESNETS = {"deeplabv2_r50": "resnet50", "deeplabv2_r101": "resnet101"}
+#: Every architecture name ``build_segmentor`` accepts.
+ARCHS = tuple([f"daformer_{m}" for m in _MIT] + [f"segformer_{m}" for m in _MIT] + list(_RESNETS))
+
+
+def _segformer_channels(mit_name: str) -> int:
+    # SegFormer paper: MLP decoder width 256 for B0/B1, 768 for B2-B5.
+    return 256 if mit_name in ("mit_b0", "mit_b1") else 768
+
+
+def build_segmentor(
+    arch: str,
+    num_classes: int = 19,
+    pretrained: Optional[Union[str, os.PathLike]] = None,
+    proj_heads: Sequence[str] = ("pixel", "patch"),
+    proj_dim: int = 256,
+    proj_hidden: Optional[int] = None,
+    decoder_channels: Optional[int] = None,
+    drop_path_rate: float = 0.1,
+    grad_checkpointing: bool = False,
+    channels_last: bool = False,
+) -> Segmentor:
+    """Build a segmentor by name.
+
+    Args:
+        arch: one of :data:`ARCHS`.
+        num_classes: classifier outputs (19 for Cityscapes train IDs).
+        pretrained: ``None`` (random init), ``"imagenet"`` (download from the hub),
+            or a path to encoder weights (official ``mit_b*.pth``, Hugging Face
+            ``pytorch_model.bin`` / ``model.safetensors``, timm/torchvision ResNet) or to
+            a file written by ``Segmentor.export_weights``. The load report is kept in
+            ``seg.pretrained_report``.
+        proj_heads: projection heads to create (among ``pixel``, ``patch``, ``temporal``).
+        proj_dim: embedding size of the projection heads (256 as in PiPa).
+        proj_hidden: hidden width of the projection heads (default: decoder channels).
+        decoder_channels: decoder width ``D`` (default 256 for DAFormer, 256/768 for
+            SegFormer; ignored by DeepLab-v2 whose feature is the 2048-d ResNet output).
+        drop_path_rate: stochastic depth of MiT encoders (0.1 in SegFormer/DAFormer).
+        grad_checkpointing: recompute encoder blocks in backward (less memory).
+        channels_last: NHWC memory format (faster convolutions on recent GPUs).
+
+    Raises:
+        ValueError: unknown ``arch`` (the message lists the valid names).
+    """
+    if arch not in ARCHS:
+        raise ValueError(f"unknown architecture {arch!r}; valid names: {', '.join(ARCHS)}")
+    if arch in _RESNETS:
+        encoder: nn.Module = ResNetEncoder(_RESNETS[arch], output_stride=8)
+        decoder: nn.Module = ASPPClassifier(encoder.out_channels[-1], num_classes)
+        output_stride = 8
+    else:
+        head, mit_name = arch.split("_", 1)
+        encoder = getattr(mit, mit_name)(drop_path_rate=drop_path_rate)
+        if head == "daformer":
+            decoder = DAFormerHead(
+                encoder.out_channels, num_classes, channels=decoder_channels or 256
+            )
+        else:
+            channels = decoder_channels or _segformer_channels(mit_name)
+            decoder = SegFormerHead(encoder.out_channels, num_classes, channels=channels)
+        output_stride = encoder.strides[0]
+    heads = {
+        name: ProjectionHead(decoder.channels, proj_dim, hidden_dim=proj_hidden)
+        for name in proj_heads
+    }
+    seg = Segmentor(encoder, decoder, output_stride, heads, arch=arch)
+    seg.pretrained_report = None
+    if pretrained is not None:
+        seg.pretrained_report = load_pretrained(seg, pretrained)
+    if grad_checkpointing:
+        seg.set_grad_checkpointing(True)
+    if channels_last:
+        seg.channels_last = True
+        seg.to(memory_format=torch.channels_last)
+    return seg
