@@ -38,7 +38,7 @@ from pipa_core.data.synthetic.generate import (
 from pipa_core.io import atomic_write_json
 
 #: Bump whenever the generator's output changes; stale caches are regenerated.
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2
 MANIFEST = "manifest.json"
 
 

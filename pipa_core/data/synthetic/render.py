@@ -124,6 +124,14 @@ def color(domain: str, cls: int, tone: float, shade: float = 1.0) -> tuple[float
     return tuple(float(v) for v in np.clip(c * shade, 0.0, 1.0))
 
 
+def _fixed_point(uv: np.ndarray) -> np.ndarray:
+    """Pixel coordinates ``(N, 2)`` -> int32 with 4 fractional bits (cv2 ``shift=4``), clamped."""
+    a = uv * 16.0
+    np.maximum(a, -5e5, out=a)
+    np.minimum(a, 5e5, out=a)
+    return np.rint(a, out=a).astype(np.int32)
+
+
 class Canvas:
     """Painter's-algorithm raster of one frame: ``label (H, W) uint8``, ``albedo (H, W, 3) float32``.
 
@@ -158,15 +166,15 @@ class Canvas:
 
     def poly(self, uv: np.ndarray, cls: int, rgb, surface: int = S_IMAGE) -> None:
         """Fill polygon ``uv (N, 2)`` (sub-pixel precision) with class ``cls`` and colour ``rgb``."""
-        pts = [np.round(np.clip(uv, -3e4, 3e4) * 16).astype(np.int32)]
+        pts = [_fixed_point(uv)]
         cv2.fillPoly(self.label, pts, int(cls), cv2.LINE_8, 4)
-        cv2.fillPoly(self.albedo, pts, tuple(float(c) for c in rgb), cv2.LINE_8, 4)
+        cv2.fillPoly(self.albedo, pts, tuple(map(float, rgb)), cv2.LINE_8, 4)
         cv2.fillPoly(self.surface, pts, int(surface), cv2.LINE_8, 4)
 
     def line(self, uv: np.ndarray, cls: int, rgb, thickness_m: float, z: float) -> None:
         """Polyline through ``uv`` whose width is ``thickness_m`` metres at depth ``z`` (>= 1 px)."""
         th = max(1, int(round(thickness_m * self.scale(z))))
-        pts = [np.round(np.clip(uv, -3e4, 3e4) * 16).astype(np.int32)]
+        pts = [_fixed_point(uv)]
         cv2.polylines(self.label, pts, False, int(cls), th, cv2.LINE_8, 4)
         cv2.polylines(self.albedo, pts, False, tuple(float(c) for c in rgb), th, cv2.LINE_8, 4)
         cv2.polylines(self.surface, pts, False, S_IMAGE, th, cv2.LINE_8, 4)

@@ -27,6 +27,8 @@ PERSON, RIDER, CAR, TRUCK, BUS, TRAIN, MOTORCYCLE, BICYCLE = range(11, 19)
 FAR = 75.0
 #: Near clipping distance in metres (geometry closer than this is cut).
 NEAR = 0.6
+#: Width of the parking strip along each curb (m).
+PARKING = 2.3
 
 
 @dataclass(frozen=True)
@@ -77,7 +79,7 @@ LAYOUTS: dict[str, Layout] = {
         pole_spacing=(14.0, 22.0),
         fence_p=0.15,
         wall_p=0.25,
-        rare_p={"truck": 0.2, "bus": 0.12, "train": 0.05, "motorcycle": 0.15},
+        rare_p={"truck": 0.2, "bus": 0.12, "train": 0.05, "motorcycle": 0.3},
         size_scale=(0.95, 1.05),
         speed=(0.5, 0.7),
         hood=(0.0, 0.0),
@@ -89,7 +91,7 @@ LAYOUTS: dict[str, Layout] = {
         cam_height=(1.2, 1.5),
         horizon=(0.45, 0.52),
         focal=(0.62, 0.72),
-        road_half=(3.5, 5.0),
+        road_half=(4.0, 5.5),
         sidewalk=(2.0, 3.5),
         setback=(0.5, 3.5),
         terrain_p=0.5,
@@ -103,7 +105,7 @@ LAYOUTS: dict[str, Layout] = {
         pole_spacing=(10.0, 16.0),
         fence_p=0.25,
         wall_p=0.15,
-        rare_p={"truck": 0.12, "bus": 0.1, "train": 0.08, "motorcycle": 0.1},
+        rare_p={"truck": 0.12, "bus": 0.1, "train": 0.08, "motorcycle": 0.25},
         size_scale=(1.0, 1.12),
         speed=(0.4, 0.6),
         hood=(0.06, 0.10),
@@ -156,7 +158,7 @@ def sample_world(rng: np.random.Generator, domain: str, n_frames: int = 1) -> Wo
         cam_height=_u(rng, lay.cam_height),
         horizon=_u(rng, lay.horizon),
         focal=_u(rng, lay.focal),
-        cam_x=float(rng.uniform(0.2, 0.6) * road_half),  # drive in the right lane
+        cam_x=0.0,
         speed=_u(rng, lay.speed),
         sway=(float(rng.uniform(0.0, 0.15)), float(rng.uniform(0, 2 * np.pi))),
         road_half=road_half,
@@ -166,6 +168,8 @@ def sample_world(rng: np.random.Generator, domain: str, n_frames: int = 1) -> Wo
         facade_x=(0.0, 0.0),
         hood=_u(rng, lay.hood),
     )
+    lc = lane_center(w)  # drive in the middle of the right lane
+    w.cam_x = lc + float(rng.uniform(-0.25, 0.25)) * lc
     curb = road_half + w.sidewalk
     w.facade_x = (curb + w.setback + rng.uniform(0, 1), curb + w.setback + rng.uniform(0, 1))
     z_end = FAR + w.speed * n_frames + 10.0
@@ -297,8 +301,18 @@ def _vehicle(rng, kind: str, x: float, z: float, vz: float, scale: float) -> dic
     }
 
 
+def lane_center(w: World) -> float:
+    """Lateral centre of the right driving lane; a 2.3 m parking strip lines each curb."""
+    return max(w.road_half - PARKING, 1.0) / 2.0
+
+
 def _sample_vehicles(rng, w: World, lay: Layout, z_end: float, scale: float) -> None:
-    """Parked cars along both curbs, moving cars in both lanes, rare big vehicles."""
+    """Parked cars along both curbs, traffic in both lanes, rare big vehicles and motorcycles.
+
+    Same-direction traffic keeps at least the ego speed so the ego camera never
+    drives into it in a video; oncoming traffic stays left of the camera.
+    """
+    lc = lane_center(w)
     for side in (-1, 1):
         z = float(rng.uniform(-4.0, 6.0))
         n = _count(rng, lay.parked_per_100m, z_end)
@@ -306,29 +320,32 @@ def _sample_vehicles(rng, w: World, lay: Layout, z_end: float, scale: float) -> 
             z += float(rng.uniform(5.0, 5.0 + 2 * z_end / max(n, 1)))
             if z > z_end:
                 break
-            x = side * (w.road_half - 1.1)
-            w.objects.append(_vehicle(rng, "car", x - 0.9, z, 0.0, scale))
-    # Moving traffic: right lane goes away from us, left lane comes towards us.
-    for side in (-1, 1):
-        lane_x = side * w.road_half * 0.35 - 0.9
-        for _ in range(_count(rng, lay.moving_per_100m, z_end)):
-            vz = float(rng.uniform(0.3, 0.9)) * (1 if side > 0 else -1)
-            w.objects.append(
-                _vehicle(rng, "car", lane_x, float(rng.uniform(6.0, z_end)), vz, scale)
-            )
-    for kind in ("truck", "bus", "train"):
-        if rng.random() < lay.rare_p[kind]:
-            if kind == "train":  # a tram on rails in the middle of the road
-                x, vz = -1.3, float(rng.uniform(-0.6, 0.6))
-            else:
-                side = 1 if rng.random() < 0.5 else -1
-                x = side * (w.road_half - 1.2) - 1.3
-                vz = 0.0 if rng.random() < 0.5 else 0.4 * side
-            w.objects.append(_vehicle(rng, kind, x, float(rng.uniform(8.0, 45.0)), vz, scale))
+            car = _vehicle(rng, "car", 0.0, z, 0.0, scale)
+            car["x"] = side * (w.road_half - 0.2) - (car["w"] if side > 0 else 0.0)
+            w.objects.append(car)
+    kinds = ["car"] * (_count(rng, lay.moving_per_100m, z_end) * 2)
+    kinds += [k for k in ("truck", "bus", "train") if rng.random() < lay.rare_p[k]]
+    for kind in kinds:
+        v = _vehicle(
+            rng, kind, 0.0, float(rng.uniform(8.0, z_end if kind == "car" else 45.0)), 0.0, scale
+        )
+        if rng.random() < 0.5:  # ahead of us in our lane, at least as fast as we drive
+            v["x"], v["vz"] = lc - v["w"] / 2, w.speed * float(rng.uniform(1.0, 1.4))
+        else:  # oncoming lane
+            v["x"] = min(-lc - v["w"] / 2, w.cam_x - 0.8 - v["w"])
+            v["vz"] = -float(rng.uniform(0.2, 0.8))
+        w.objects.append(v)
     if rng.random() < lay.rare_p["motorcycle"]:
         for _ in range(int(rng.integers(1, 3))):
-            x = float(rng.uniform(-0.8, 0.8) * w.road_half)
-            w.objects.append(_two_wheeler(rng, "motorcycle", x, float(rng.uniform(6, 40)), scale))
+            m = _two_wheeler(rng, "motorcycle", 0.0, float(rng.uniform(6, 40)), scale)
+            if rng.random() < 0.5:
+                m["x"], m["vz"] = (
+                    lc + float(rng.uniform(-0.3, 0.3)),
+                    w.speed * float(rng.uniform(1.0, 1.4)),
+                )
+            else:
+                m["x"], m["vz"] = -lc, -float(rng.uniform(0.3, 0.7))
+            w.objects.append(m)
 
 
 def _two_wheeler(rng, kind: str, x: float, z: float, scale: float, ridden: bool = True) -> dict:
@@ -368,9 +385,12 @@ def _sample_people(rng, w: World, lay: Layout, z_end: float, scale: float) -> No
             }
         )
     for _ in range(_count(rng, lay.cyclists_per_100m, z_end) * 2):
+        # Cyclists use the bike lane on the sidewalk edge, riding with the traffic of their side.
         side = 1 if rng.random() < 0.65 else -1
-        x = side * (w.road_half - 0.5)
-        w.objects.append(_two_wheeler(rng, "bicycle", x, float(rng.uniform(4.0, z_end)), scale))
+        x = side * (w.road_half + float(rng.uniform(0.4, 0.9)))
+        bike = _two_wheeler(rng, "bicycle", x, float(rng.uniform(4.0, z_end)), scale)
+        bike["vz"] *= side
+        w.objects.append(bike)
     # Parked bicycles on the sidewalk: bicycles without riders.
     for _ in range(int(rng.poisson(1.0 if w.domain == "target" else 0.4))):
         side = 1 if rng.random() < 0.5 else -1
