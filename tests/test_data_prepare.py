@@ -84,6 +84,9 @@ def test_rerun_is_idempotent_and_skips_finished(tmp_path, monkeypatch):
     prep.prepare("gta", tmp_path, progress=False)
     assert calls == []  # nothing re-read: every output already existed
     assert (tmp_path / "sample_class_stats.json").read_text() == first
+    prep.prepare("gta", tmp_path, progress=False, overwrite=True)
+    assert len(calls) == 3  # --overwrite reconverts every label
+    assert (tmp_path / "sample_class_stats.json").read_text() == first
 
 
 def test_interrupted_run_leaves_no_partial_files_and_resumes(tmp_path, monkeypatch):

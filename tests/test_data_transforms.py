@@ -47,6 +47,18 @@ def test_resize_label_is_nearest_image_bilinear():
     assert 0.0 < float(up[0, 0, 3]) < 1.0  # bilinear: intermediate values appear
 
 
+@pytest.mark.parametrize(
+    "hw,scale,want",
+    [((1052, 1914), (720, 1280), (704, 1280)), ((1024, 2048), (512, 1024), (512, 1024)),
+     ((1080, 1920), (540, 960), (540, 960)), ((760, 1280), (760, 1280), (760, 1280))],
+)  # fmt: skip
+def test_keep_ratio_resize_matches_daformer_sizes(hw, scale, want):
+    out = Resize(scale, keep_ratio=True)(
+        {"img": torch.zeros(1, *hw), "label": torch.zeros(hw, dtype=torch.long)}
+    )
+    assert out["img"].shape[-2:] == want and out["label"].shape == want
+
+
 def test_resize_keeps_full_res_label_when_asked():
     out = val_pipeline((8, 8), resize_label=False)({"img": torch.rand(3, 16, 16),
                                                      "label": torch.zeros(16, 16, dtype=torch.long)})  # fmt: skip

@@ -169,10 +169,14 @@ def write_png(path: Path, arr: np.ndarray) -> None:
         f.write(buf.tobytes())
 
 
-def convert_one(job: tuple[str, Optional[Path], Path]) -> dict[str, int]:
-    """Convert one label (skipped when its output exists) and return its class pixel counts."""
-    name, src, dst = job
-    if dst.exists():  # finished on an earlier run (outputs only ever appear complete)
+def convert_one(job: tuple[str, Optional[Path], Path, bool]) -> dict[str, int]:
+    """Convert one label (skipped when its output exists) and return its class pixel counts.
+
+    ``job`` is ``(dataset name, source label or None, output, overwrite)``.
+    """
+    name, src, dst, overwrite = job
+    if src is None or (dst.exists() and not overwrite):
+        # Finished on an earlier run (outputs only ever appear complete), or shipped.
         arr = cv2.imread(str(dst), cv2.IMREAD_UNCHANGED)
         if arr is None or arr.ndim != 2:
             raise DatasetError(f"cannot read {dst}; delete it and rerun the preparation command")
@@ -186,15 +190,22 @@ def convert_one(job: tuple[str, Optional[Path], Path]) -> dict[str, int]:
     return class_counts(train_ids)
 
 
-def prepare(name: str, root: str | os.PathLike, nproc: int = 1, progress: bool = True) -> Path:
+def prepare(
+    name: str,
+    root: str | os.PathLike,
+    nproc: int = 1,
+    progress: bool = True,
+    overwrite: bool = False,
+) -> Path:
     """Prepare dataset ``name`` at ``root``; returns the path of the statistics JSON.
 
-    Uses a ``multiprocessing.Pool`` of ``nproc`` processes (``nproc=1`` runs in-process).
+    Uses a ``multiprocessing.Pool`` of ``nproc`` processes (``nproc=1`` runs
+    in-process). ``overwrite`` reconverts labels whose train-ID file exists.
     """
     if name not in KINDS:
         raise DatasetError(f"unknown dataset {name!r}; valid: {', '.join(sorted(KINDS))}")
     root = Path(root)
-    jobs = [(name, s, d) for s, d in find_jobs(name, root)]
+    jobs = [(name, s, d, overwrite) for s, d in find_jobs(name, root)]
     bar = dict(total=len(jobs), desc=f"prepare {name}", unit="label", disable=not progress)
     if nproc > 1:
         with Pool(nproc) as pool:
@@ -203,7 +214,7 @@ def prepare(name: str, root: str | os.PathLike, nproc: int = 1, progress: bool =
         counts = [convert_one(j) for j in tqdm(jobs, **bar)]
     stats = [
         {"file": d.relative_to(root).as_posix(), **c}
-        for (_, _, d), c in sorted(zip(jobs, counts), key=lambda jc: jc[0][2])
+        for (_, _, d, _), c in sorted(zip(jobs, counts), key=lambda jc: jc[0][2])
     ]
     out = root / STATS_FILE
     atomic_write_json(out, stats)
@@ -222,9 +233,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         "--nproc", type=int, default=max(1, (os.cpu_count() or 1)), help="processes"
     )
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    parser.add_argument(
+        "--overwrite", action="store_true", help="reconvert labels that were already converted"
+    )
     args = parser.parse_args(argv)
     try:
-        out = prepare(args.dataset, args.root, args.nproc, progress=not args.no_progress)
+        out = prepare(
+            args.dataset, args.root, args.nproc, not args.no_progress, overwrite=args.overwrite
+        )
     except DatasetError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

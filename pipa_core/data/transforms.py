@@ -65,6 +65,8 @@ class Resize:
 
     Args:
         size: ``(H, W)`` target size, e.g. ``(720, 1280)`` for GTA5 or ``(512, 1024)`` for Cityscapes.
+        keep_ratio: keep the aspect ratio, scaling as large as fits in ``size`` (mmseg's
+            ``keep_ratio=True``: GTA5 1914x1052 -> 1280x704, Cityscapes 2048x1024 -> 1024x512).
         ratio_range: optional ``(lo, hi)``: multiply ``size`` by a random ratio in the range.
         generator: optional ``torch.Generator`` for the ratio.
         resize_label: also resize the label; ``False`` keeps it at full resolution
@@ -74,11 +76,13 @@ class Resize:
     def __init__(
         self,
         size: Sequence[int],
+        keep_ratio: bool = False,
         ratio_range: Optional[tuple[float, float]] = None,
         generator: Optional[torch.Generator] = None,
         resize_label: bool = True,
     ) -> None:
         self.size = (int(size[0]), int(size[1]))
+        self.keep_ratio = keep_ratio
         self.ratio_range = ratio_range
         self.generator = generator
         self.resize_label = resize_label
@@ -89,6 +93,11 @@ class Resize:
         if self.ratio_range is not None:
             r = _uniform(*self.ratio_range, self.generator)
             h, w = round(h * r), round(w * r)
+        if self.keep_ratio:
+            ih, iw = sample["img"].shape[-2:]
+            # mmcv rescale: fit the long edge to max(size) and the short edge to min(size).
+            f = min(max(h, w) / max(ih, iw), min(h, w) / min(ih, iw))
+            h, w = int(ih * f + 0.5), int(iw * f + 0.5)
         for k in _images(sample):
             sample[k] = F.resize(sample[k], [h, w], antialias=True)
         if "label" in sample and self.resize_label:  # tv_tensors.Mask -> nearest neighbour
@@ -181,9 +190,10 @@ class PhotoMetricDistortion:
     """DAFormer's photometric distortion on [0, 1] images; labels untouched.
 
     Each step happens with probability 1/2, with the same parameters for
-    ``img`` and ``img_ref``: brightness shift in ±32/255, contrast factor in
-    [0.5, 1.5] (before or after the colour steps, at random), saturation factor
-    in [0.5, 1.5], hue shift of ±18° (OpenCV's 0..180 hue scale).
+    ``img`` and ``img_ref``: brightness shift in ±32/255, contrast (pixel values
+    times a factor in [0.5, 1.5], as mmseg; before or after the colour steps, at
+    random), saturation factor in [0.5, 1.5] (torchvision's blend with the grey
+    image), hue shift of ±18 on OpenCV's 0..180 hue scale. Results are clipped to [0, 1].
     """
 
     def __init__(
@@ -209,7 +219,7 @@ class PhotoMetricDistortion:
         contrast_first = coin()
         contrast = _uniform(*self.contrast_range, g) if coin() else None
         if contrast is not None and contrast_first:
-            ops.append(lambda x: F.adjust_contrast(x, contrast))
+            ops.append(lambda x: (x * contrast).clamp_(0.0, 1.0))
         if coin():
             s = _uniform(*self.saturation_range, g)
             ops.append(lambda x: F.adjust_saturation(x, s))
@@ -217,7 +227,7 @@ class PhotoMetricDistortion:
             hue = _uniform(-self.hue_delta, self.hue_delta, g)
             ops.append(lambda x: F.adjust_hue(x, hue))
         if contrast is not None and not contrast_first:
-            ops.append(lambda x: F.adjust_contrast(x, contrast))
+            ops.append(lambda x: (x * contrast).clamp_(0.0, 1.0))
         return ops
 
     def __call__(self, sample: dict) -> dict:
@@ -266,20 +276,28 @@ def train_pipeline(
     cat_max_ratio: float = 0.75,
     flip_p: float = 0.5,
     photometric: bool = True,
+    keep_ratio: bool = True,
 ) -> Compose:
     """DAFormer's training pipeline: resize, cat-max-ratio crop, flip, photometric distortion.
 
-    ``scale`` and ``crop_size`` are ``(H, W)``. Output images stay in [0, 1].
+    ``scale`` and ``crop_size`` are ``(H, W)``; the resize keeps the aspect ratio
+    by default (as DAFormer). Output images stay in [0, 1].
     """
-    steps = [Resize(scale), RandomCrop(crop_size, cat_max_ratio), RandomHorizontalFlip(flip_p)]
+    steps = [
+        Resize(scale, keep_ratio),
+        RandomCrop(crop_size, cat_max_ratio),
+        RandomHorizontalFlip(flip_p),
+    ]
     if photometric:
         steps.append(PhotoMetricDistortion())
     return Compose(steps)
 
 
-def val_pipeline(scale: Sequence[int], resize_label: bool = True) -> Compose:
-    """Validation pipeline: resize images to ``scale`` ``(H, W)`` and, by default, labels (nearest).
+def val_pipeline(
+    scale: Sequence[int], resize_label: bool = True, keep_ratio: bool = True
+) -> Compose:
+    """Validation pipeline: resize images to fit ``scale`` ``(H, W)`` (aspect kept) and labels (nearest).
 
     ``resize_label=False`` keeps full-resolution labels (evaluate upsampled logits against them).
     """
-    return Compose([Resize(scale, resize_label=resize_label)])
+    return Compose([Resize(scale, keep_ratio, resize_label=resize_label)])
