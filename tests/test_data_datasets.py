@@ -119,6 +119,11 @@ def test_viper_keys_are_annotated_frames_with_reference(tmp_path):
     _label_matches(ds, expected, tmp_path)
     fwd = ViperSeqDataset(tmp_path, "train", ref_offset=1)
     assert [r.ref_img.stem for r in fwd.records][:2] == ["001_00001", "001_00003"]
+    fx.write_rgb(
+        tmp_path / "train" / "img" / "001" / "001_final.png", np.zeros((4, 4, 3), np.uint8)
+    )
+    with pytest.raises(DatasetError, match=r"cannot parse .*001_final\.png"):
+        ViperSeqDataset(tmp_path, "train")
 
 
 def test_viper_jpeg_images(tmp_path):

@@ -24,6 +24,7 @@ from typing import Optional
 
 from pipa_core.data.base import (
     TRAIN_ID_SUFFIX,
+    DatasetError,
     Record,
     Transform,
     check_prepared,
@@ -59,9 +60,13 @@ LAYOUT = """  <root>/{train,val}/img/<seq>/<seq>_<frame>.jpg|png
 IMG_EXTS = (".jpg", ".png")
 
 
-def _frame(stem: str) -> tuple[str, int]:
-    """``(<seq>, frame)`` from a ``<seq>_<frame>`` file stem."""
-    seq, _, frame = stem.rpartition("_")
+def _frame(path: Path) -> tuple[str, int]:
+    """``(<seq>, frame)`` from a ``<seq>_<frame>.<ext>`` file name."""
+    seq, _, frame = path.stem.rpartition("_")
+    if not seq or not frame.isdigit():
+        raise DatasetError(
+            f"VIPER: cannot parse {path}; expected <seq>_<frame>.jpg|png, e.g. 001_00010.jpg"
+        )
     return seq, int(frame)
 
 
@@ -93,7 +98,7 @@ class ViperSeqDataset(VideoFrameDataset):
         check_prepared(labels, "VIPER", root, cls_dir)
         frames: dict[str, dict[int, Path]] = {}
         for p in images:
-            seq, n = _frame(p.stem)
+            seq, n = _frame(p)
             frames.setdefault(seq, {})[n] = p
         # Not every VIPER image is annotated: key frames are the annotated ones.
         lbl_keys = {strip_suffix(p, TRAIN_ID_SUFFIX) for p in labels}
@@ -104,6 +109,6 @@ class ViperSeqDataset(VideoFrameDataset):
             label_key=lambda p: strip_suffix(p, TRAIN_ID_SUFFIX),
             dataset="VIPER",
         )
-        keys = [(*_frame(i.stem), Record(i, lb, i.stem)) for i, lb in pairs]
+        keys = [(*_frame(i), Record(i, lb, i.stem)) for i, lb in pairs]
         records, dropped = link_reference_frames(keys, frames, ref_offset, "VIPER", root)
         super().__init__(records, root, ref_offset, transform, dropped, "VIPER")
