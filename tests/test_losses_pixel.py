@@ -94,6 +94,21 @@ def test_sampling_respects_max_views_and_is_deterministic_under_seed():
             assert ((img == i) & (lab == c)).sum() == 7
 
 
+def test_max_anchors_per_class_caps_each_class_over_the_batch():
+    labels = torch.randint(0, 3, (4, 300), generator=torch.Generator().manual_seed(1))
+    idx = sample_anchors(
+        labels,
+        None,
+        10_000,
+        50,
+        max_anchors_per_class=30,
+        generator=torch.Generator().manual_seed(2),
+    )
+    lab = labels.reshape(-1)[idx]
+    assert [(lab == c).sum().item() for c in range(3)] == [30, 30, 30]
+    assert (idx // 300).unique().numel() > 1  # drawn from several images
+
+
 def test_downsample_labels_nearest_and_majority():
     lab = torch.tensor([[[0, 0, 1, 1], [0, 2, 1, 255], [255, 255, 3, 3], [255, 4, 3, 5]]])
     maj = downsample_labels(lab, (2, 2), "majority")

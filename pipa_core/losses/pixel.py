@@ -98,6 +98,7 @@ def sample_anchors(
     max_views: int = 100,
     ignore_index: int = IGNORE_INDEX,
     generator: torch.Generator | None = None,
+    max_anchors_per_class: int | None = None,
 ) -> torch.Tensor:
     """Pick anchor pixels per (image, class), vectorised.
 
@@ -106,7 +107,8 @@ def sample_anchors(
     of groups. With ``predictions`` the picks alternate easy (prediction ==
     label) and hard (prediction != label) so that half of them are hard when
     possible; the scarcer kind is exhausted first and the other fills up
-    (official PiPa rule).
+    (official PiPa rule). ``max_anchors_per_class`` optionally caps each class
+    over the whole batch (random subset of its per-image picks).
 
     Args:
         labels: (B, P) flattened labels at feature resolution.
@@ -136,7 +138,15 @@ def sample_anchors(
     # final rank inside the group following the interleaved order
     order2 = torch.argsort(group * (2 * idx.numel() + 2) + inter)
     rank2 = _rank_within(group, order2)
-    return idx[rank2 < n_view]
+    keep = rank2 < n_view
+    if max_anchors_per_class is not None:
+        # cap each class over the whole batch, visiting images in a random order
+        sel = torch.nonzero(keep, as_tuple=True)[0]
+        order3 = torch.argsort(
+            torch.rand(sel.numel(), generator=generator, device=dev).to(idx.device)
+        )
+        keep[sel[_rank_within(lab[sel], order3) >= max_anchors_per_class]] = False
+    return idx[keep]
 
 
 class PixelContrastLoss(nn.Module):
@@ -146,6 +156,7 @@ class PixelContrastLoss(nn.Module):
         temperature: tau (official PiPa code: 0.1).
         max_anchors: total anchor budget per call (official ``max_samples`` 1024).
         max_views: anchors per (image, class) at most (official ``max_views`` 100).
+        max_anchors_per_class: optional cap per class over the whole batch (``None``: no cap).
         sampling: ``"hard_easy"`` (uses predictions when given) or ``"uniform"``.
         memory_bank: optional :class:`ClassMemoryBank`; its entries join the
             candidates (same class -> positive, other class -> negative).
@@ -164,6 +175,7 @@ class PixelContrastLoss(nn.Module):
         temperature: float = 0.1,
         max_anchors: int = 1024,
         max_views: int = 100,
+        max_anchors_per_class: int | None = None,
         sampling: str = "hard_easy",
         memory_bank: ClassMemoryBank | None = None,
         bank_update: str = "pixels",
@@ -184,6 +196,7 @@ class PixelContrastLoss(nn.Module):
                 f"PixelContrastLoss: bank_update must be 'pixels', 'means' or 'both', got {bank_update!r}"
             )
         self.temperature, self.max_anchors, self.max_views = temperature, max_anchors, max_views
+        self.max_anchors_per_class = max_anchors_per_class
         self.sampling, self.bank_update = sampling, bank_update
         self.memory_bank = memory_bank
         self.denominator, self.average, self.chunk_size = denominator, average, chunk_size
@@ -222,6 +235,7 @@ class PixelContrastLoss(nn.Module):
             self.max_views,
             self.ignore_index,
             generator,
+            self.max_anchors_per_class,
         )
         flat = emb.permute(0, 2, 3, 1).reshape(-1, e)
         feats, cls = flat[idx], labels.reshape(-1)[idx]
