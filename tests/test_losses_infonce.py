@@ -155,6 +155,16 @@ def test_stable_at_tiny_temperature():
     assert math.isfinite(loss.item()) and torch.isfinite(a.grad).all()
 
 
+def test_half_precision_inputs_are_computed_in_float32():
+    g = torch.Generator().manual_seed(4)
+    x = torch.randn(12, 6, generator=g)
+    y = torch.randint(0, 3, (12,), generator=g)
+    full = info_nce(x, x, y, y, self_index=torch.arange(12))
+    half = info_nce(x.bfloat16(), x.bfloat16(), y, y, self_index=torch.arange(12))
+    assert half.dtype == torch.float32
+    assert torch.allclose(half, full, atol=2e-2)
+
+
 def test_bad_input_errors_are_clear():
     a = torch.randn(4, 3)
     with pytest.raises(ValueError, match="anchor_ids"):

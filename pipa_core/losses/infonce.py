@@ -196,6 +196,9 @@ def info_nce(
     if n == 0 or m == 0:
         return zero_loss(anchors, candidates)
 
+    if anchors.dtype in (torch.float16, torch.bfloat16):
+        # exp/log-sum-exp of cos/tau in half precision loses the small negatives
+        anchors, candidates = anchors.float(), candidates.float()
     if normalize:
         anchors = F.normalize(anchors, dim=1)
         candidates = F.normalize(candidates, dim=1)
