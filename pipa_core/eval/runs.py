@@ -1,0 +1,256 @@
+"""Working with finished training runs: load a model, the analysis datasets, metrics and results.
+
+A run directory (written by ``pipa_core.uda.train``) holds ``config.json``,
+``metrics.jsonl``, ``result.json`` and ``checkpoints/latest.pt`` (student,
+teacher and projection heads). The analysis notebooks read runs only through
+these helpers, so they work the same on a laptop run and on a cluster run.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+import torch
+from torch import nn
+from torch.utils.data import Dataset, Subset
+
+#: PiPa's ablation (Table 4 of the paper): DAFormer self-training plus the listed losses.
+ABLATION_SETTINGS: dict[str, tuple[str, ...]] = {
+    "baseline": (),
+    "+pixel": ("pixel",),
+    "+patch": ("patch",),
+    "+pixel+patch": ("pixel", "patch"),
+    "+pixel+patch+temporal": ("pixel", "patch", "temporal"),  # PiPa++ on video benchmarks
+}
+
+
+def ablation_settings(video: bool) -> dict[str, tuple[str, ...]]:
+    """The ablation settings for a benchmark: temporal contrast only where frames exist."""
+    return {k: v for k, v in ABLATION_SETTINGS.items() if video or "temporal" not in v}
+
+
+def _resolve_checkpoint(run: str | os.PathLike) -> Path:
+    p = Path(run)
+    if p.is_dir():
+        ck = p / "checkpoints" / "latest.pt"
+        if not ck.is_file():
+            raise FileNotFoundError(
+                f"{p} has no checkpoints/latest.pt; pass a run directory written by "
+                "pipa_core.uda.train (or the path of a checkpoint file)"
+            )
+        return ck
+    if not p.is_file():
+        raise FileNotFoundError(f"no run directory or checkpoint at {p}")
+    return p
+
+
+def load_run_config(run: str | os.PathLike):
+    """The :class:`~pipa_core.uda.config.TrainConfig` of a run directory or checkpoint file."""
+    from pipa_core.uda.config import TrainConfig
+
+    p = Path(run)
+    if p.is_dir() and (p / "config.json").is_file():
+        return TrainConfig.load(p)
+    state = torch.load(_resolve_checkpoint(p), map_location="cpu", weights_only=True)
+    if "config" not in state:
+        raise ValueError(f"{p} holds no 'config'; it is not a training checkpoint")
+    return TrainConfig.from_dict(state["config"])
+
+
+def build_segmentor_for(cfg) -> nn.Module:
+    """A freshly initialised segmentor shaped like the run's (same arch, decoder, projection heads)."""
+    from pipa_core.models import build_segmentor
+
+    m = cfg.model
+    heads = tuple(n for n in ("pixel", "patch", "temporal") if n in cfg.losses.enabled)
+    kwargs: dict = {"proj_heads": heads}
+    if m.proj_dim is not None:
+        kwargs["proj_dim"] = m.proj_dim
+    if m.decoder_channels is not None:
+        kwargs["decoder_channels"] = m.decoder_channels
+    return build_segmentor(m.arch, num_classes=19, pretrained=None, **kwargs)
+
+
+def load_segmentor(
+    run: str | os.PathLike, which: str = "student", device: torch.device | str = "cpu"
+) -> nn.Module:
+    """The trained segmentor of a run (with its projection heads), in eval mode.
+
+    Args:
+        run: a run directory or a checkpoint file (``checkpoints/latest.pt``/``iter_*.pt``).
+        which: ``"student"`` (the evaluated model) or ``"teacher"`` (its EMA).
+        device: where to put it.
+    """
+    if which not in ("student", "teacher"):
+        raise ValueError(f"which must be 'student' or 'teacher', got {which!r}")
+    path = _resolve_checkpoint(run)
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    if which not in state or state[which] is None:
+        raise ValueError(
+            f"{path} has no {which!r} weights (a supervised run has no teacher); use which='student'"
+        )
+    cfg = load_run_config(run) if Path(run).is_dir() else load_run_config(path)
+    seg = build_segmentor_for(cfg)
+    seg.load_state_dict(state[which])
+    return seg.to(device).eval()
+
+
+def analysis_datasets(
+    benchmark: str,
+    data_root: str | os.PathLike = "data",
+    max_images: int | None = None,
+    source_split: str | None = None,
+) -> dict[str, Dataset]:
+    """Labelled source and target datasets without augmentation, for t-SNE / CCD / browsing.
+
+    Source: the first source dataset resized to its training scale (SPCL samples
+    source *training* images; ``source_split="val"`` picks a source val split
+    where one exists, e.g. on the synthetic benchmark). Target: the labelled
+    target val split at the evaluation scale. ``max_images`` keeps the first N
+    images of each (SPCL uses 1000 per domain).
+    """
+    from dataclasses import replace
+
+    from pipa_core.data.benchmarks import build_dataset, build_val_dataset, get_benchmark
+    from pipa_core.data.transforms import val_pipeline
+
+    spec = get_benchmark(benchmark)
+    ref = spec.sources[0] if source_split is None else replace(spec.sources[0], split=source_split)
+    src = build_dataset(
+        ref, data_root, val_pipeline(spec.source_scales[0]), spec.video, spec.ref_offset
+    )
+    tgt = build_val_dataset(spec, data_root)
+    out = {"source": src, "target": tgt}
+    if max_images is not None:
+        out = {k: Subset(d, range(min(max_images, len(d)))) for k, d in out.items()}
+    return out
+
+
+def read_metrics(run: str | os.PathLike, kind: str | None = None):
+    """``metrics.jsonl`` of a run as a pandas DataFrame (``kind`` = "train" or "eval" filters)."""
+    import pandas as pd
+
+    path = Path(run) / "metrics.jsonl"
+    if not path.is_file():
+        raise FileNotFoundError(f"no metrics.jsonl in {run}; is it a run directory?")
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    df = pd.DataFrame(rows)
+    return df[df["kind"] == kind].reset_index(drop=True) if kind is not None and len(df) else df
+
+
+def collect_results(runs: Iterable[str | os.PathLike], extra: Sequence[str] = ()):
+    """One row per run directory: name, method, benchmark, seed, losses, iterations, mIoU.
+
+    ``extra`` adds dotted config keys as columns (e.g. ``"losses.pixel.weight"``).
+    Runs without ``result.json`` (still running or crashed) are skipped.
+    """
+    import pandas as pd
+
+    rows = []
+    for run in runs:
+        run = Path(run)
+        res_path = run / "result.json"
+        if not res_path.is_file():
+            continue
+        res = json.loads(res_path.read_text())
+        cfg = json.loads((run / "config.json").read_text())
+        row = {
+            "run": str(run),
+            "name": res.get("name"),
+            "method": res.get("method"),
+            "benchmark": res.get("benchmark"),
+            "seed": cfg["runtime"]["seed"],
+            "losses": "+".join(cfg["losses"]["enabled"]) or "-",
+            "iterations": res.get("iterations"),
+            "mIoU": res.get("mIoU"),
+        }
+        for key in extra:
+            node = cfg
+            for part in key.split("."):
+                node = node[part]
+            row[key] = node
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def make_run_config(
+    benchmark: str,
+    method: str,
+    *,
+    losses: Sequence[str] | None = None,
+    seed: int = 0,
+    max_iters: int | None = None,
+    run_dir: str | os.PathLike | None = None,
+    data_root: str | os.PathLike = "data",
+    device: str = "auto",
+    eval_max_samples: int | None = None,
+    overrides: Sequence[str] | dict = (),
+):
+    """A :class:`~pipa_core.uda.config.TrainConfig` from notebook-style parameters.
+
+    Starts from the preset ``<benchmark>_<method>`` and applies, in order: the
+    ablation switch ``losses`` (``None`` keeps the method's losses, ``[]`` turns
+    all off, ``["pixel"]`` keeps only pixel contrast, ...), seed, iterations,
+    run directory (default ``runs/<benchmark>_<method>[_<losses>]_s<seed>``),
+    device, evaluation subset, then free ``section.key=value`` ``overrides``.
+    """
+    from pipa_core.uda.config import apply_overrides, make_config
+
+    # papermill's ``-p losses '["pixel"]'`` passes a string: read it as YAML / JSON.
+    losses = _parse_list(losses, "losses")
+    overrides = _parse_list(overrides, "overrides") or ()
+    cfg = make_config(benchmark, method)
+    sets: dict = {"runtime.seed": seed, "runtime.device": device, "data.data_root": str(data_root)}
+    tag = ""
+    if losses is not None:
+        sets["losses.enabled"] = tuple(losses)
+        tag = "_" + ("+".join(losses) if losses else "nossl")
+    if max_iters is not None:
+        sets["optim.max_iters"] = int(max_iters)
+        # Keep a short run's warm-up shorter than the run itself.
+        sets["optim.warmup_iters"] = min(cfg.optim.warmup_iters, max(1, int(max_iters) // 10))
+    if eval_max_samples is not None:
+        sets["eval.max_samples"] = int(eval_max_samples)
+    name = f"{benchmark}_{method}{tag}_s{seed}"
+    sets["runtime.run_dir"] = str(run_dir) if run_dir is not None else f"runs/{name}"
+    cfg = apply_overrides(cfg, sets)
+    cfg.name = name
+    if overrides:
+        cfg = apply_overrides(cfg, overrides)
+    return cfg
+
+
+def _parse_list(value, what: str):
+    if isinstance(value, str):
+        import yaml
+
+        parsed = yaml.safe_load(value) if value.strip() else []
+        if isinstance(parsed, str):  # a single item such as "pixel" or "optim.lr=1e-4"
+            parsed = [parsed]
+        if not isinstance(parsed, list):
+            raise ValueError(f'{what} must be a list, e.g. \'["pixel", "patch"]\', got {value!r}')
+        return parsed
+    return value
+
+
+def notebook_path(name: str) -> Path:
+    """Path of ``notebooks/<name>.ipynb`` in this repository (for papermill-in-papermill runs)."""
+    path = Path(__file__).resolve().parents[2] / "notebooks" / f"{name}.ipynb"
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"{path} not found; the notebooks live in the repository checkout "
+            "(install with pip install -e . from the repository root)"
+        )
+    return path
+
+
+def enter_repo_root() -> Path:
+    """When Jupyter starts in ``notebooks/``, move to the repository root so that
+    ``data/``, ``runs/`` and ``figures/`` mean the same as on the command line. Returns the cwd."""
+    cwd = Path.cwd()
+    if cwd.name == "notebooks" and (cwd.parent / "pyproject.toml").is_file():
+        os.chdir(cwd.parent)
+    return Path.cwd()
