@@ -78,15 +78,14 @@ def _masked_lse(s: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torc
     Never produces NaN/inf values or gradients: the shift is the detached row
     max over the mask, and empty rows are replaced before the ``log``.
     """
-    neg_inf = torch.finfo(s.dtype).min
-    shift = torch.where(mask, s, torch.full_like(s, neg_inf)).amax(dim=1, keepdim=True).detach()
+    off = ~mask
+    shift = s.detach().masked_fill(off, torch.finfo(s.dtype).min).amax(dim=1, keepdim=True)
     nonempty = mask.any(dim=1, keepdim=True)
-    shift = torch.where(nonempty, shift, torch.zeros_like(shift))
+    shift = shift.masked_fill(~nonempty, 0.0)
     # mask *before* exp: excluded entries (e.g. self-pairs) may exceed the shift and
-    # overflow, and inf in an untaken where-branch still poisons the gradient.
-    z = torch.where(mask, s - shift, torch.zeros_like(s))
-    sumexp = torch.where(mask, torch.exp(z), torch.zeros_like(s)).sum(dim=1, keepdim=True)
-    sumexp = torch.where(nonempty, sumexp, torch.ones_like(sumexp))
+    # overflow, and an inf that is masked out afterwards still poisons the gradient.
+    sumexp = (s - shift).masked_fill(off, 0.0).exp().masked_fill(off, 0.0).sum(dim=1, keepdim=True)
+    sumexp = sumexp.masked_fill(~nonempty, 1.0)
     return (torch.log(sumexp) + shift).squeeze(1), nonempty.squeeze(1)
 
 
@@ -107,22 +106,19 @@ def _chunk_pair_losses(
     Returns ``(loss_sum (n,), n_pos (n,))``. Everything ``(n, M)`` lives only here.
     """
     s = (a @ c.t()) * inv_tau  # (n, M) cos / tau
-    same = a_ids[:, None] == c_ids[None, :]
-    neg = ~same
-    pos = same
+    neg = a_ids[:, None] != c_ids[None, :]
+    pos = ~neg
     if a_views is not None:
-        pos = pos & (a_views[:, None] != c_views[None, :])
+        pos &= a_views[:, None] != c_views[None, :]
     if a_self is not None:
-        cols = torch.arange(c.shape[0], device=c.device)
-        pos = pos & (cols[None, :] != a_self[:, None])
+        pos &= torch.arange(c.shape[0], device=c.device)[None, :] != a_self[:, None]
     if denominator == "all":
         lse, _ = _masked_lse(s, pos | neg)
         pair = lse[:, None] - s
     else:  # "pos_neg": log(r_ij + sum_neg) - log r_ij = softplus(lse_neg - s_ij)
         lse_neg, has_neg = _masked_lse(s, neg)
-        pair = F.softplus(lse_neg[:, None] - s)
-        pair = torch.where(has_neg[:, None], pair, torch.zeros_like(pair))
-    loss_sum = torch.where(pos, pair, torch.zeros_like(pair)).sum(dim=1)
+        pair = F.softplus(lse_neg[:, None] - s).masked_fill(~has_neg[:, None], 0.0)
+    loss_sum = pair.masked_fill(~pos, 0.0).sum(dim=1)
     return loss_sum, pos.sum(dim=1).to(s.dtype)
 
 
