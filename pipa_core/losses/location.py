@@ -84,7 +84,7 @@ def location_contrast(
     negs = torch.cat([f1[pool1], f2[pool2]])
     cands = [anchors, negs]
     if memory_bank is not None and len(memory_bank) > 0:
-        cands.append(memory_bank.get()[0].to(anchors.dtype))
+        cands.append(memory_bank.get()[0].to(dev, anchors.dtype))
     cand = torch.cat(cands)
     n_extra = cand.shape[0] - 2 * p
     # unique ids (never equal to a location id) make every extra candidate a negative

@@ -242,8 +242,8 @@ class PixelContrastLoss(nn.Module):
         cand, cand_cls = feats, cls
         if self.memory_bank is not None and len(self.memory_bank) > 0:
             bank_x, bank_y = self.memory_bank.get()
-            cand = torch.cat([feats, bank_x.to(feats.dtype)])
-            cand_cls = torch.cat([cls, bank_y])
+            cand = torch.cat([feats, bank_x.to(feats.device, feats.dtype)])
+            cand_cls = torch.cat([cls, bank_y.to(cls.device)])
         self_index = torch.arange(idx.numel(), device=emb.device)
         if idx.numel() == 0:
             loss = zero_loss(emb)
