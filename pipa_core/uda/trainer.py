@@ -1,0 +1,488 @@
+"""The training loop: ``train(config) -> result`` on CPU, one GPU, or many via ``torchrun``.
+
+Read :meth:`Trainer.fit` top to bottom: fetch a batch, run the step
+(:mod:`pipa_core.uda.step`), back-propagate (mixed precision optional), skip
+non-finite steps, step the optimizer and the learning-rate schedule, update the
+EMA teacher, then log / evaluate / checkpoint on schedule.
+
+Nothing is lost when a run dies: ``checkpoints/latest.pt`` holds everything
+needed to continue bit-for-bit (see :mod:`pipa_core.uda.checkpoint`), a
+SIGTERM / SIGINT finishes the current iteration and checkpoints before exiting,
+and ``runtime.resume=true`` continues from the last checkpoint.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import math
+import os
+import random
+import signal
+import threading
+import time
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import numpy as np
+import torch
+from torch import nn
+
+from pipa_core.io import atomic_torch_save, atomic_write_json
+from pipa_core.uda import checkpoint as ckpt
+from pipa_core.uda.config import (
+    TrainConfig,
+    patch_crop_size,
+    pseudo_crop_rows,
+    resolve_benchmark,
+    validate_config,
+)
+from pipa_core.uda.data_stream import BatchStream, build_datasets, val_loader
+from pipa_core.uda.distributed import (
+    DistInfo,
+    all_reduce_mean,
+    barrier,
+    broadcast_flag,
+    init_distributed,
+    wrap_model,
+)
+from pipa_core.uda.ema import build_teacher, ema_alpha, ema_update
+from pipa_core.uda.feature_distance import FeatureDistance
+from pipa_core.uda.optim import build_optimizer, build_scheduler
+from pipa_core.uda.run_logger import RunLogger
+from pipa_core.uda.step import Networks, StepContext, StepOutput, training_step
+
+log = logging.getLogger(__name__)
+
+
+class NonFiniteLossError(RuntimeError):
+    """Too many consecutive non-finite losses / gradients; the last good checkpoint is kept."""
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and torch (CPU and CUDA) global RNGs."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)  # noqa: NPY002 - datasets may use the legacy global RNG
+    torch.manual_seed(seed)
+
+
+def resolve_amp(amp: str, device: torch.device) -> Optional[torch.dtype]:
+    """Autocast dtype for ``runtime.amp`` on ``device`` (None = full precision).
+
+    ``auto``: bf16 on CUDA GPUs that support it, else fp16 (with a GradScaler); off on CPU.
+    """
+    if amp == "off" or (amp == "auto" and device.type != "cuda"):
+        return None
+    if amp == "auto":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return {"bf16": torch.bfloat16, "fp16": torch.float16}[amp]
+
+
+def build_networks(cfg: TrainConfig, device: torch.device) -> tuple[nn.Module, Networks]:
+    """Student segmentor, EMA teacher, feature-distance copy and loss modules for ``cfg``.
+
+    Only the projection heads of enabled losses are built, so DDP never sees
+    unused parameters. Returns ``(student_module, Networks)`` (student not yet wrapped).
+    """
+    from pipa_core.losses import (
+        ClassMemoryBank,
+        PatchContrastLoss,
+        PixelContrastLoss,
+        PrototypeContrastLoss,
+        TemporalContrastLoss,
+    )
+    from pipa_core.models import build_segmentor
+
+    m, lc = cfg.model, cfg.losses
+    heads = tuple(n for n in ("pixel", "patch", "temporal") if n in lc.enabled)
+    kwargs: dict[str, Any] = {"proj_heads": heads, "channels_last": cfg.runtime.channels_last}
+    if m.proj_dim is not None:
+        kwargs["proj_dim"] = m.proj_dim
+    if m.decoder_channels is not None:
+        kwargs["decoder_channels"] = m.decoder_channels
+    student = build_segmentor(m.arch, num_classes=19, pretrained=m.pretrained, **kwargs).to(device)
+    proj_dim = m.proj_dim or 256
+
+    def bank(size: int, classes: int) -> Optional[ClassMemoryBank]:
+        return ClassMemoryBank(classes, proj_dim, size).to(device) if size > 0 else None
+
+    losses: dict[str, nn.Module] = {}
+    if "pixel" in lc.enabled:
+        p = lc.pixel
+        losses["pixel"] = PixelContrastLoss(
+            p.temperature, p.max_anchors, p.max_views, memory_bank=bank(p.memory_size, 19)
+        )
+    if "patch" in lc.enabled:
+        p = lc.patch
+        losses["patch"] = PatchContrastLoss(
+            p.temperature, p.max_locations, p.num_negatives, memory_bank=bank(p.memory_size, 1)
+        )
+    if "temporal" in lc.enabled:
+        p = lc.temporal
+        losses["temporal"] = TemporalContrastLoss(
+            p.temperature, p.max_locations, p.num_negatives, memory_bank=bank(p.memory_size, 1)
+        )
+    if "prototype" in lc.enabled:
+        p = lc.prototype
+        losses["prototype"] = PrototypeContrastLoss(
+            19, student.feat_channels, p.temperature, p.momentum, max_pixels=p.max_pixels
+        ).to(device)
+    teacher = build_teacher(student) if cfg.uda.mode == "self_training" else None
+    fd = None
+    if cfg.uda.fd_lambda > 0:
+        fd = FeatureDistance(student, cfg.uda.fd_lambda, cfg.uda.fd_classes, cfg.uda.fd_min_ratio)
+    return student, Networks(student, teacher, fd, losses)
+
+
+class Trainer:
+    """Builds everything from a :class:`TrainConfig` and runs :meth:`fit`.
+
+    Attributes of interest: ``student`` (unwrapped segmentor), ``nets``
+    (:class:`~pipa_core.uda.step.Networks`), ``optimizer``, ``scheduler``,
+    ``iteration`` (completed iterations), ``run_dir``, ``step_fn`` (the step function;
+    replaceable, e.g. to inject failures in tests).
+    """
+
+    def __init__(self, cfg: TrainConfig):
+        self.cfg = validate_config(cfg)
+        r = cfg.runtime
+        if r.num_threads is not None:
+            torch.set_num_threads(r.num_threads)
+        if r.deterministic:
+            os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+            torch.use_deterministic_algorithms(True, warn_only=True)
+            torch.backends.cudnn.benchmark = False
+        self.info: DistInfo = init_distributed(r.device)
+        self.device = self.info.device
+        self.run_dir = cfg.resolved_run_dir
+        self.spec = resolve_benchmark(cfg)
+
+        # Same initial weights on every rank: build under the base seed, then reseed per rank.
+        seed_everything(r.seed)
+        self.student, self.nets = build_networks(cfg, self.device)
+        seed_everything(r.seed + 1000 * self.info.rank)
+        self.nets.student = wrap_model(self.student, self.info, r.sync_bn, r.find_unused_parameters)
+        if r.compile:
+            self.nets.student = torch.compile(self.nets.student)
+        self.optimizer = build_optimizer(
+            self.student, cfg.optim.lr, cfg.optim.weight_decay, cfg.optim.head_lr_mult,
+            tuple(cfg.optim.betas), (cfg.model.backbone_prefix,),
+        )  # fmt: skip
+        o = cfg.optim
+        self.scheduler = build_scheduler(
+            self.optimizer,
+            o.max_iters,
+            o.warmup_iters,
+            o.poly_power,
+            o.warmup_ratio,
+            o.min_lr_ratio,
+        )
+        self.amp_dtype = resolve_amp(r.amp, self.device)
+        self.scaler = torch.amp.GradScaler(
+            self.device.type, enabled=self.amp_dtype == torch.float16
+        )
+        self.generator = torch.Generator().manual_seed(r.seed * 7919 + self.info.rank)
+        self.ctx = StepContext(
+            generator=self.generator,
+            pseudo_crop=pseudo_crop_rows(cfg, self.spec),
+            patch_crop=patch_crop_size(cfg, self.spec),
+            autocast=functools.partial(
+                torch.autocast,
+                self.device.type,
+                dtype=self.amp_dtype,
+                enabled=self.amp_dtype is not None,
+            ),
+        )
+
+        train_set, self.val_set = build_datasets(cfg, self.spec)
+        self.stream = BatchStream(
+            train_set, cfg.data.batch_size, self.info, r.seed, cfg.data.num_workers
+        )
+        self.val_loader = val_loader(self.val_set, cfg, self.info)
+        self.protocols = tuple(cfg.eval.protocols or self.spec.protocols)
+
+        self.iteration = 0
+        self.nonfinite_streak = 0
+        self.skipped_steps = 0
+        self.step_fn: Callable[..., StepOutput] = training_step
+        self._stop_signal: Optional[int] = None
+        self.logger = RunLogger(self.run_dir, enabled=self.info.is_main, tensorboard=r.tensorboard)
+        if self.info.is_main:
+            cfg.save(self.run_dir)
+        if r.resume:
+            self.resume()
+
+    # ------------------------------------------------------------------ state
+    def state_dict(self) -> dict[str, Any]:
+        """Everything a bit-exact continuation needs (weights_only-loadable)."""
+        return {
+            "iteration": self.iteration,
+            "config": self.cfg.to_dict(),
+            "student": self.student.state_dict(),
+            "teacher": self.nets.teacher.state_dict() if self.nets.teacher is not None else None,
+            "losses": {k: v.state_dict() for k, v in self.nets.losses.items()},
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "rng": ckpt.capture_rng_state(),
+            "step_generator": ckpt.generator_state(self.generator),
+            "data": self.stream.state_dict(),
+            "nonfinite_streak": self.nonfinite_streak,
+            "skipped_steps": self.skipped_steps,
+            "world_size": self.info.world_size,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore a :meth:`state_dict` (RNG states are per process; see :meth:`save`)."""
+        self.student.load_state_dict(state["student"])
+        if self.nets.teacher is not None:
+            if state["teacher"] is None:
+                raise ValueError("the checkpoint has no teacher (it is from a supervised run)")
+            self.nets.teacher.load_state_dict(state["teacher"])
+        for k, v in self.nets.losses.items():
+            v.load_state_dict(state["losses"][k])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.scaler.load_state_dict(state["scaler"])
+        self.generator.set_state(state["step_generator"])
+        ckpt.restore_rng_state(state["rng"])
+        self.stream.load_state_dict(state["data"])
+        self.iteration = int(state["iteration"])
+        self.nonfinite_streak = int(state["nonfinite_streak"])
+        self.skipped_steps = int(state["skipped_steps"])
+
+    def _rank_rng_path(self) -> Path:
+        return self.run_dir / "checkpoints" / f"rng_rank{self.info.rank}.pt"
+
+    def save(self, keep: bool = False) -> None:
+        """Checkpoint (rank 0 writes the model; every rank writes its own RNG / data position)."""
+        state = self.state_dict()
+        if self.info.distributed:
+            # Other ranks' RNG and stream states differ from rank 0's: keep one small file each.
+            atomic_torch_save(
+                {
+                    "rng": state["rng"],
+                    "step_generator": state["step_generator"],
+                    "data": state["data"],
+                },
+                self._rank_rng_path(),
+            )
+        if self.info.is_main:
+            ckpt.save_checkpoint(state, self.run_dir, keep=keep)
+        barrier()
+
+    def resume(self) -> bool:
+        """Continue from ``run_dir/checkpoints/latest.pt`` if present (returns whether it did)."""
+        path = ckpt.find_latest(self.run_dir)
+        if path is None:
+            log.warning("runtime.resume: no checkpoint in %s; starting from scratch", self.run_dir)
+            return False
+        state = ckpt.load_checkpoint(path, map_location=self.device)
+        if int(state.get("world_size", 1)) != self.info.world_size:
+            log.warning(
+                "resuming a %s-process run on %s processes: the data order will differ",
+                state.get("world_size"), self.info.world_size,
+            )  # fmt: skip
+        self.load_state_dict(state)
+        rank_file = self._rank_rng_path()
+        if (
+            self.info.distributed
+            and rank_file.is_file()
+            and state.get("world_size") == self.info.world_size
+        ):
+            own = ckpt.load_checkpoint(rank_file, map_location="cpu")
+            ckpt.restore_rng_state(own["rng"])
+            self.generator.set_state(own["step_generator"])
+            self.stream.load_state_dict(own["data"])
+        if self.info.is_main:
+            log.info("resumed from %s at iteration %d", path, self.iteration)
+        return True
+
+    # ------------------------------------------------------------------ pieces
+    def evaluate(self) -> dict[str, Any]:
+        """Target-val mIoU of the student (every rank evaluates its shard; results are summed)."""
+        from pipa_core.eval.evaluate import evaluate
+
+        e = self.cfg.eval
+        crop = tuple(e.crop_size) if e.crop_size else tuple(self.spec.crop_size)
+        return evaluate(
+            self.student, self.val_loader, self.protocols, mode=e.mode, crop_size=crop,
+            stride=tuple(e.stride) if e.stride else None, flip=e.flip, device=self.device,
+            autocast_dtype=self.amp_dtype,
+        )  # fmt: skip
+
+    def _optimizer_step(self, out: StepOutput) -> bool:
+        """Backward + optimizer step; False (and nothing applied) when loss or gradients are non-finite."""
+        params = [p for g in self.optimizer.param_groups for p in g["params"]]
+        bad = broadcast_flag(not bool(torch.isfinite(out.loss.detach())), self.device)
+        if not bad:
+            self.scaler.scale(out.loss).backward()
+            self.scaler.unscale_(self.optimizer)
+            max_norm = self.cfg.optim.grad_clip or float("inf")
+            norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
+            out.logs["grad_norm"] = float(norm)
+            # With a GradScaler an inf gradient is an expected overflow: the scaler skips it.
+            bad = broadcast_flag(
+                not math.isfinite(float(norm)) and not self.scaler.is_enabled(), self.device
+            )
+        if bad:
+            self.optimizer.zero_grad(set_to_none=True)
+            return False
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.optimizer.zero_grad(set_to_none=True)
+        return True
+
+    def _install_signal_handlers(self) -> list:
+        """SIGTERM / SIGINT: finish the iteration, checkpoint, exit (main thread only)."""
+        if threading.current_thread() is not threading.main_thread():
+            return []
+        old = []
+        for sig in (signal.SIGTERM, signal.SIGINT):
+
+            def handler(signum, frame):
+                self._stop_signal = signum
+
+            old.append((sig, signal.signal(sig, handler)))
+        return old
+
+    # ------------------------------------------------------------------ loop
+    def fit(self) -> dict[str, Any]:
+        """Train until ``optim.max_iters`` (or ``runtime.stop_after`` / a signal); returns the result dict."""
+        from tqdm.auto import tqdm
+
+        cfg, r = self.cfg, self.cfg.runtime
+        max_iters = cfg.optim.max_iters
+        stop_at = min(max_iters, r.stop_after) if r.stop_after else max_iters
+        bar = tqdm(
+            total=max_iters, initial=self.iteration, disable=not (r.progress and self.info.is_main),
+            desc=cfg.name, dynamic_ncols=True,
+        )  # fmt: skip
+        old_handlers = self._install_signal_handlers()
+        sums: dict[str, float] = {}
+        count, t0, t_start = 0, time.perf_counter(), time.perf_counter()
+        evals: list[dict] = []
+        self.student.train()
+        try:
+            while self.iteration < stop_at:
+                it = self.iteration
+                batch = self.stream.next()
+                out = self.step_fn(batch, self.nets, cfg, self.ctx)
+                ok = self._optimizer_step(out)
+                if ok:
+                    self.nonfinite_streak = 0
+                    if self.nets.teacher is not None:
+                        ema_update(
+                            self.nets.teacher, self.student, ema_alpha(it, cfg.uda.ema_alpha)
+                        )
+                else:
+                    self.nonfinite_streak += 1
+                    self.skipped_steps += 1
+                    log.warning(
+                        "iteration %d: non-finite loss or gradient (loss terms %s); step skipped "
+                        "(%d in a row, limit runtime.max_nonfinite=%d)",
+                        it, out.logs, self.nonfinite_streak, r.max_nonfinite,
+                    )  # fmt: skip
+                    if self.nonfinite_streak >= r.max_nonfinite:
+                        raise NonFiniteLossError(
+                            f"{self.nonfinite_streak} consecutive non-finite steps at iteration {it}; "
+                            f"stopping. The last good checkpoint is kept in {self.run_dir / 'checkpoints'}. "
+                            "Lower optim.lr, set optim.grad_clip, or try runtime.amp=off, then resume "
+                            "with runtime.resume=true."
+                        )
+                self.scheduler.step()
+                self.iteration = it + 1
+                bar.update(1)
+
+                for k, v in out.logs.items():
+                    sums[k] = sums.get(k, 0.0) + v
+                count += 1
+                if r.log_interval and (
+                    self.iteration % r.log_interval == 0 or self.iteration == stop_at
+                ):
+                    values = all_reduce_mean({k: v / count for k, v in sums.items()}, self.device)
+                    values["lr"] = self.optimizer.param_groups[0]["lr"]
+                    values["sec_per_iter"] = (time.perf_counter() - t0) / count
+                    values["skipped_steps"] = self.skipped_steps
+                    self.logger.log(self.iteration, values)
+                    bar.set_postfix(loss=f"{values.get('loss', float('nan')):.3f}")
+                    sums, count, t0 = {}, 0, time.perf_counter()
+                if r.image_interval and self.iteration % r.image_interval == 0:
+                    self.logger.save_grid(self.iteration, out.vis)
+                if (
+                    cfg.eval.interval
+                    and self.iteration % cfg.eval.interval == 0
+                    and self.iteration < max_iters
+                ):
+                    res = self.evaluate()
+                    self.logger.log(self.iteration, _eval_row(res), kind="eval")
+                    evals.append({"iter": self.iteration, "mIoU": res["mIoU"]})
+                ckpt_due = r.checkpoint_interval and self.iteration % r.checkpoint_interval == 0
+                keep = (
+                    bool(r.keep_checkpoint_interval)
+                    and self.iteration % r.keep_checkpoint_interval == 0
+                )
+                stopping = self._stop_signal is not None or self.iteration == stop_at
+                if ckpt_due or keep or stopping:
+                    self.save(keep=keep)
+                if self._stop_signal is not None:
+                    log.warning(
+                        "signal %d: checkpointed at iteration %d, exiting",
+                        self._stop_signal,
+                        self.iteration,
+                    )
+                    break
+        finally:
+            bar.close()
+            for sig, h in old_handlers:
+                signal.signal(sig, h)
+
+        finished = self.iteration >= max_iters
+        result: dict[str, Any] = {
+            "name": cfg.name,
+            "method": cfg.method,
+            "benchmark": cfg.data.benchmark,
+            "run_dir": str(self.run_dir),
+            "iterations": self.iteration,
+            "finished": finished,
+            "skipped_steps": self.skipped_steps,
+            "train_seconds": time.perf_counter() - t_start,
+            "evals": evals,
+        }
+        if finished:
+            res = self.evaluate()
+            self.logger.log(self.iteration, _eval_row(res), kind="eval")
+            result.update(
+                {
+                    "mIoU": res["mIoU"],
+                    "eval": {k: v for k, v in res.items() if k != "confusion_matrix"},
+                }
+            )
+            if self.info.is_main:
+                self.student.export_weights(self.run_dir / "final_weights.pt")
+        if self.info.is_main:
+            atomic_write_json(self.run_dir / "result.json", result)
+        self.logger.close()
+        barrier()
+        return result
+
+
+def _eval_row(res: dict) -> dict:
+    row = {"mIoU": res["mIoU"], "num_images": res["num_images"]}
+    for p, r in res["protocols"].items():
+        row[f"mIoU_{p}"] = r["mIoU"]
+        for cls, v in r["per_class_IoU"].items():
+            if v is not None:
+                row[f"IoU_{p}/{cls}"] = v
+    return row
+
+
+def train(config: TrainConfig) -> dict[str, Any]:
+    """Train with ``config`` and return the result dict (also written to ``run_dir/result.json``).
+
+    Works in-process (notebooks), from the CLI and under ``torchrun``. Keys: ``name``,
+    ``method``, ``benchmark``, ``run_dir``, ``iterations``, ``finished``, ``skipped_steps``,
+    ``train_seconds``, ``evals`` and, for a finished run, ``mIoU`` and ``eval`` (per-protocol,
+    per-class IoU).
+    """
+    return Trainer(config).fit()
