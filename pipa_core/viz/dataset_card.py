@@ -15,7 +15,7 @@ import seaborn as sns  # noqa: E402
 
 from pipa_core.data.labels import CLASSES, PALETTE, colorize  # noqa: E402
 from pipa_core.data.synthetic.cache import image_path, read_manifest  # noqa: E402
-from pipa_core.data.synthetic.dataset import _read_img, _read_label  # noqa: E402
+from pipa_core.data.synthetic.dataset import read_image, read_label  # noqa: E402
 
 
 def class_frequency_table(root: str | os.PathLike) -> pd.DataFrame:
@@ -45,8 +45,8 @@ def make_dataset_card(
         n = man["counts"][f"{domain}/train"]
         for c in range(n_examples):
             i = (c * 7) % n
-            img = _read_img(image_path(root, domain, "train", i)).permute(1, 2, 0).numpy()
-            lab = _read_label(image_path(root, domain, "train", i, "labels")).numpy()
+            img = read_image(image_path(root, domain, "train", i)).permute(1, 2, 0).numpy()
+            lab = read_label(image_path(root, domain, "train", i, "labels")).numpy()
             for k, arr in enumerate((img, colorize(lab))):
                 ax = fig.add_subplot(grid[2 * r + k, c])
                 ax.imshow(arr, interpolation="nearest")

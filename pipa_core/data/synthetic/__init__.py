@@ -22,7 +22,12 @@ from pipa_core.data.synthetic.cache import (
     image_path,
     read_manifest,
 )
-from pipa_core.data.synthetic.dataset import SyntheticDataset, SyntheticSequenceDataset
+from pipa_core.data.synthetic.dataset import (
+    SyntheticDataset,
+    SyntheticSequenceDataset,
+    read_image,
+    read_label,
+)
 from pipa_core.data.synthetic.generate import DOMAINS, SPLITS, generate_scene, generate_sequence
 
 __all__ = [
@@ -39,5 +44,7 @@ __all__ = [
     "generate_scene",
     "generate_sequence",
     "image_path",
+    "read_image",
+    "read_label",
     "read_manifest",
 ]

@@ -17,7 +17,7 @@ from pipa_core.data.synthetic.generate import check_domain, check_split
 Transform = Callable[[dict], dict]
 
 
-def _read_img(path: Path) -> torch.Tensor:
+def read_image(path: Path) -> torch.Tensor:
     """uint8 RGB PNG -> float32 ``(3, H, W)`` in [0, 1]."""
     arr = cv2.imread(str(path), cv2.IMREAD_COLOR)
     if arr is None:
@@ -28,7 +28,7 @@ def _read_img(path: Path) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(arr.transpose(2, 0, 1))).float().div_(255.0)
 
 
-def _read_label(path: Path) -> torch.Tensor:
+def read_label(path: Path) -> torch.Tensor:
     """uint8 train-ID PNG -> int64 ``(H, W)``."""
     arr = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
     if arr is None:
@@ -65,8 +65,8 @@ class SyntheticDataset(Dataset):
             raise IndexError(f"index {i} out of range for {self.n} items")
         i %= self.n
         sample = {
-            "img": _read_img(image_path(self.root, self.domain, self.split, i)),
-            "label": _read_label(image_path(self.root, self.domain, self.split, i, "labels")),
+            "img": read_image(image_path(self.root, self.domain, self.split, i)),
+            "label": read_label(image_path(self.root, self.domain, self.split, i, "labels")),
             "name": f"synthetic/{self.domain}/{self.split}/{i:06d}",
         }
         return self.transform(sample) if self.transform is not None else sample
@@ -123,8 +123,8 @@ class SyntheticSequenceDataset(Dataset):
                 f"frame ({seq}, {t}) out of range: {self.num_sequences} sequences x {self.frames_per_sequence} frames"
             )
         return {
-            "img": _read_img(frame_path(self.root, self.domain, seq, t)),
-            "label": _read_label(frame_path(self.root, self.domain, seq, t, "labels")),
+            "img": read_image(frame_path(self.root, self.domain, seq, t)),
+            "label": read_label(frame_path(self.root, self.domain, seq, t, "labels")),
             "name": f"synthetic/{self.domain}/sequences/seq_{seq:03d}/frame_{t:04d}",
         }
 
@@ -139,6 +139,6 @@ class SyntheticSequenceDataset(Dataset):
         seq, t = divmod(i, self.frames_per_sequence)
         sample = self.frame(seq, t)
         r = self.ref_index(t)
-        sample["img_ref"] = _read_img(frame_path(self.root, self.domain, seq, r))
+        sample["img_ref"] = read_image(frame_path(self.root, self.domain, seq, r))
         sample["ref_offset"] = r - t
         return self.transform(sample) if self.transform is not None else sample
