@@ -203,7 +203,18 @@ class MixVisionTransformer(nn.Module):
         """Recompute each transformer block in the backward pass (saves activation memory)."""
         self.grad_checkpointing = enable
 
+    @property
+    def min_input_size(self) -> int:
+        """Smallest image side the encoder accepts (stage 1 must cover one reduction window)."""
+        return (self.config.sr_ratios[0] - 1) * self.config.strides[0] + 1
+
     def forward(self, x: torch.Tensor) -> List[torch.Tensor]:
+        if min(x.shape[-2:]) < self.min_input_size:
+            raise ValueError(
+                f"MiT needs images of at least {self.min_input_size}x{self.min_input_size} pixels "
+                f"(spatial reduction {self.config.sr_ratios[0]} at stride 4), got {tuple(x.shape[-2:])}; "
+                f"use larger crops or pad the image"
+            )
         outs = []
         b = x.shape[0]
         for i in range(1, 5):

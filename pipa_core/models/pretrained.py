@@ -282,34 +282,52 @@ def _timm_resnet(sd: StateDict) -> Tuple[StateDict, List[str]]:
     return out, ignored
 
 
-# ---------------------------------------------------------------- architecture guess
-def _guess_mit(sd: StateDict) -> Optional[str]:
-    w = sd.get("patch_embed1.proj.weight")
-    if w is None:
-        return None
-    depths = tuple(
-        len({k.split(".")[1] for k in sd if k.startswith(f"block{s}.")}) for s in range(1, 5)
+# ---------------------------------------------------------------- architecture check
+def _stage_depths(sd: StateDict, prefix: str, index_pos: int) -> Tuple[int, ...]:
+    """Blocks per stage: distinct block indices under ``{prefix}{stage}.`` for stages 1-4."""
+    return tuple(
+        len({k.split(".")[index_pos] for k in sd if k.startswith(f"{prefix}{s}.")})
+        for s in range(1, 5)
     )
+
+
+def _describe_mit(width: int, depths: Tuple[int, ...]) -> str:
     for name, cfg in MIT_CONFIGS.items():
-        if cfg.embed_dims[0] == w.shape[0] and cfg.depths == depths:
+        if cfg.embed_dims[0] == width and cfg.depths == depths:
             return name
-    return f"an MiT with stage-1 width {w.shape[0]} and depths {depths}"
+    return f"an MiT with stage-1 width {width} and depths {depths}"
 
 
-def _guess_resnet(sd: StateDict) -> Optional[str]:
-    depths = tuple(
-        len({k.split(".")[2] for k in sd if k.startswith(f"body.layer{s}.")}) for s in range(1, 5)
-    )
-    known = {(3, 4, 6, 3): "resnet50", (3, 4, 23, 3): "resnet101", (3, 8, 36, 3): "resnet152"}
-    return known.get(depths, f"a ResNet with stage depths {depths}")
+_RESNET_DEPTHS = {(2, 2, 2, 2): "resnet18", (3, 4, 23, 3): "resnet101", (3, 8, 36, 3): "resnet152"}
+
+
+def _describe_resnet(depths: Tuple[int, ...]) -> str:
+    # (3, 4, 6, 3) is both ResNet-34 and ResNet-50; tensor shapes tell them apart later.
+    name = _RESNET_DEPTHS.get(depths, "resnet34/50" if depths == (3, 4, 6, 3) else None)
+    return f"{name} (stage depths {depths})" if name else f"a ResNet with stage depths {depths}"
+
+
+def _architecture_mismatch(encoder: nn.Module, sd: StateDict) -> Optional[Tuple[str, str]]:
+    """``(file_arch, model_arch)`` descriptions when ``sd`` has other widths/depths, else None."""
+    if isinstance(encoder, MixVisionTransformer):
+        w = sd.get("patch_embed1.proj.weight")
+        if w is None:
+            return None
+        file_sig = (w.shape[0], _stage_depths(sd, "block", 1))
+        model_sig = (encoder.config.embed_dims[0], tuple(encoder.config.depths))
+        return (
+            None if file_sig == model_sig else (_describe_mit(*file_sig), _describe_mit(*model_sig))
+        )
+    file_depths = _stage_depths(sd, "body.layer", 2)
+    model_depths = tuple(len(getattr(encoder.body, f"layer{s}")) for s in range(1, 5))
+    if file_depths == model_depths:
+        return None
+    return _describe_resnet(file_depths), f"{encoder.name} (stage depths {model_depths})"
 
 
 def _model_name(encoder: nn.Module) -> str:
     if isinstance(encoder, MixVisionTransformer):
-        for name, cfg in MIT_CONFIGS.items():
-            if cfg == encoder.config:
-                return name
-        return "a custom MiT"
+        return _describe_mit(encoder.config.embed_dims[0], tuple(encoder.config.depths))
     return getattr(encoder, "name", type(encoder).__name__)
 
 
@@ -373,7 +391,6 @@ def _load_encoder_state(encoder: nn.Module, raw: StateDict, path: str) -> LoadRe
                 f"{path} holds {fmt} weights, not an MiT encoder; {name} needs an official SegFormer "
                 f"{name}.pth or a Hugging Face {HF_MIT_REPOS.get(name, 'nvidia/mit-b*')} checkpoint"
             )
-        arch = _guess_mit(sd)
     elif isinstance(encoder, ResNetEncoder):
         if fmt != "timm_resnet":
             raise PretrainedLoadError(
@@ -381,15 +398,15 @@ def _load_encoder_state(encoder: nn.Module, raw: StateDict, path: str) -> LoadRe
                 f"ImageNet {name} state dict"
             )
         sd, ignored = _timm_resnet(raw)
-        arch = _guess_resnet(sd)
     else:
         raise TypeError(f"no pretrained loader for encoder type {type(encoder).__name__}")
-    if arch is not None and arch != name:
+    mismatch = _architecture_mismatch(encoder, sd)
+    if mismatch is not None:
         raise PretrainedLoadError(
-            f"{path} holds {arch} weights but the model's encoder is {name}; "
-            f"pass the {name} weights file (or build the {arch} architecture)"
+            f"{path} holds {mismatch[0]} weights but the model's encoder is {mismatch[1]}; "
+            f"pass the weights file of {mismatch[1]} (or build the matching architecture)"
         )
-    report = _copy_into(encoder, sd, path, fmt, arch)
+    report = _copy_into(encoder, sd, path, fmt, None)
     report.ignored = ignored
     _log_report(report)
     return report
