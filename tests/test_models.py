@@ -207,6 +207,24 @@ def test_segmentor_normalises_images_in_unit_range():
         seg(torch.rand(3, 32, 32))
 
 
+def test_frozen_copy_gives_imagenet_features_without_gradients():
+    seg = small_model(proj_heads=("pixel",))
+    frozen = seg.frozen_copy()
+    assert not frozen.training and len(frozen.proj_heads) == 0
+    assert not any(p.requires_grad for p in frozen.parameters())
+    img = torch.rand(1, 3, 32, 32)
+    seg.eval()
+    with torch.no_grad():
+        for a, b in zip(frozen.encode(img), seg.encode(img)):
+            torch.testing.assert_close(a, b)
+    # Training the student leaves the frozen copy untouched.
+    with torch.no_grad():
+        seg.encoder.patch_embed1.proj.weight.add_(1.0)
+    assert not torch.equal(
+        frozen.encoder.patch_embed1.proj.weight, seg.encoder.patch_embed1.proj.weight
+    )
+
+
 def test_projection_head_errors():
     seg = small_model(proj_heads=("pixel",))
     feat = torch.rand(1, 32, 4, 4)

@@ -132,6 +132,19 @@ class Segmentor(nn.Module):
             batch_size=batch_size,
         )
 
+    def frozen_copy(self) -> Segmentor:
+        """A frozen, eval-mode deep copy without projection heads.
+
+        Made right after loading ImageNet weights, its :meth:`encode` gives the
+        ImageNet features of DAFormer's feature-distance regulariser.
+        """
+        import copy
+
+        clone = copy.deepcopy(self)
+        clone.proj_heads = nn.ModuleDict()
+        clone.requires_grad_(False)
+        return clone.eval()
+
     # ------------------------------------------------------------ memory options
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         """Recompute encoder blocks / stages in the backward pass to save activation memory."""
