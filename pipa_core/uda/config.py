@@ -53,11 +53,12 @@ class DataConfig:
     batch_size: int = 2  # per domain (2 source + 2 target) and per process
     num_workers: int = 4
     rcs: Optional[bool] = None  # rare class sampling (DAFormer)
-    rcs_temperature: float = 0.01
-    rcs_min_pixels: int = 3000
-    rcs_min_crop_ratio: float = 0.5
+    rcs_temperature: Optional[float] = None  # None = the benchmark's (DAFormer: 0.01)
+    rcs_min_pixels: Optional[int] = None  # (3000)
+    rcs_min_crop_ratio: Optional[float] = None  # (0.5)
     ref_offset: Optional[int] = None  # video: reference frame offset (PiPa++ temporal loss)
     photometric: bool = True  # DAFormer photometric distortion in the data pipeline
+    synthetic_size: str = "default"  # synthetic benchmark only: "tiny", "default" or "large"
 
 
 @dataclass
@@ -290,6 +291,19 @@ def _from_dict(cls, d: dict, where: str):
     return cls(**kwargs)
 
 
+def _parse_sequence(text: str, path: str) -> list:
+    """``"1,2"``, ``"(1, 2)"`` or ``"[1, 2]"`` -> ``[1, 2]`` (items parsed as YAML scalars)."""
+    text = text.strip()
+    if text[:1] in "([" and text[-1:] in ")]":
+        text = text[1:-1]
+    try:
+        return [yaml.safe_load(v.strip()) for v in text.split(",") if v.strip()]
+    except yaml.YAMLError as exc:
+        raise ConfigError(
+            f"{path}: cannot parse {text!r} as a comma-separated list ({exc})"
+        ) from None
+
+
 def _coerce(value: Any, tp: Any, path: str) -> Any:
     """Convert ``value`` (from YAML / JSON / the CLI) to the annotated type ``tp``."""
     origin = typing.get_origin(tp)
@@ -301,8 +315,7 @@ def _coerce(value: Any, tp: Any, path: str) -> Any:
         return _coerce(value, inner, path)
     if origin in (tuple, list):
         if isinstance(value, str):
-            value = [v for v in value.replace("(", "").replace(")", "").split(",") if v.strip()]
-            value = [yaml.safe_load(v.strip()) for v in value]
+            value = _parse_sequence(value, path)
         if not isinstance(value, (list, tuple)):
             value = [value]
         if origin is tuple and len(args) == 2 and args[1] is Ellipsis:
@@ -371,13 +384,22 @@ def apply_overrides(cfg: TrainConfig, overrides: List[str] | Dict[str, Any]) -> 
                     raise ConfigError(
                         f"{key!r} is a section; set one of its keys, e.g. {key}.<name>=..."
                     )
-                value = yaml.safe_load(raw) if isinstance(raw, str) and not _is_tuple(tp) else raw
+                value = (
+                    _parse_scalar(raw, key) if isinstance(raw, str) and not _is_tuple(tp) else raw
+                )
                 node[p] = _to_plain(_coerce(value, tp, key))
             else:
                 if not dataclasses.is_dataclass(tp):
                     raise ConfigError(f"{'.'.join(parts[: i + 1])!r} is a value, not a section")
                 node, tp_cls = node[p], tp
     return TrainConfig.from_dict(d)
+
+
+def _parse_scalar(text: str, key: str) -> Any:
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text  # a plain string (e.g. a path with odd characters)
 
 
 def _is_tuple(tp) -> bool:
@@ -550,11 +572,17 @@ def resolve_benchmark(cfg: TrainConfig):
 
     Returns a ``pipa_core.data.benchmarks.BenchmarkSpec`` (frozen dataclass).
     """
-    from pipa_core.data.benchmarks import get_benchmark
+    from pipa_core.data.benchmarks import get_benchmark, synthetic_benchmark
 
-    spec = get_benchmark(cfg.data.benchmark)
     d = cfg.data
+    if d.benchmark == "synthetic":
+        spec = synthetic_benchmark(d.synthetic_size)
+    else:
+        spec = get_benchmark(d.benchmark)
     changes: dict[str, Any] = {}
+    for k in ("rcs_temperature", "rcs_min_pixels", "rcs_min_crop_ratio"):
+        if getattr(d, k) is not None:
+            changes[k] = getattr(d, k)
     if d.crop_size is not None:
         changes["crop_size"] = tuple(d.crop_size)
     if d.source_scale is not None:
@@ -589,6 +617,7 @@ def patch_crop_size(cfg: TrainConfig, spec, stride: int = 32) -> int:
 def validate_config(cfg: TrainConfig) -> TrainConfig:
     """Check every section; raise :class:`ConfigError` listing all problems (returns ``cfg``)."""
     from pipa_core.data.benchmarks import BENCHMARKS
+    from pipa_core.data.synthetic import PRESETS as SYNTHETIC_SIZES
     from pipa_core.models import ARCHS
 
     errs: list[str] = []
@@ -610,11 +639,15 @@ def validate_config(cfg: TrainConfig) -> TrainConfig:
         errs.append(f"data.batch_size={d.batch_size} must be >= 1")
     if d.num_workers < 0:
         errs.append(f"data.num_workers={d.num_workers} must be >= 0")
+    if d.synthetic_size not in SYNTHETIC_SIZES:
+        errs.append(
+            f"data.synthetic_size={d.synthetic_size!r} is unknown; valid: {', '.join(SYNTHETIC_SIZES)}"
+        )
     for k in ("crop_size", "source_scale", "target_scale"):
         v = getattr(d, k)
         if v is not None and min(v) < 1:
             errs.append(f"data.{k}={tuple(v)} must be positive (H, W)")
-    if spec is not None and not errs:
+    if spec is not None and not errs and d.synthetic_size in SYNTHETIC_SIZES:
         rs = resolve_benchmark(cfg)
         ch, cw = rs.crop_size
         for dom, scale in [("source", s) for s in rs.source_scales] + [("target", rs.target_scale)]:
@@ -623,7 +656,7 @@ def validate_config(cfg: TrainConfig) -> TrainConfig:
                     f"data.crop_size (H, W)={(ch, cw)} is larger than the {dom} resize scale "
                     f"(H, W)={tuple(scale)}; lower data.crop_size or raise data.{dom}_scale"
                 )
-        if u.mode == "self_training" and u.mix == "classmix":
+        if u.mode == "self_training":
             top, bottom = pseudo_crop_rows(cfg, rs)
             if top < 0 or bottom < 0:
                 errs.append("uda.pseudo_crop_top / pseudo_crop_bottom must be >= 0")
@@ -638,11 +671,11 @@ def validate_config(cfg: TrainConfig) -> TrainConfig:
                 f"losses.enabled has 'temporal' but benchmark {d.benchmark!r} has no reference "
                 f"frames; use a video benchmark ({', '.join(video)}) or drop the temporal loss"
             )
-    if d.rcs_temperature <= 0:
+    if d.rcs_temperature is not None and d.rcs_temperature <= 0:
         errs.append(f"data.rcs_temperature={d.rcs_temperature} must be > 0 (0.01 in DAFormer)")
-    if not 0 < d.rcs_min_crop_ratio <= 1:
-        errs.append(f"data.rcs_min_crop_ratio={d.rcs_min_crop_ratio} must lie in (0, 1]")
-    if d.rcs_min_pixels < 0:
+    if d.rcs_min_crop_ratio is not None and not 0 <= d.rcs_min_crop_ratio <= 1:
+        errs.append(f"data.rcs_min_crop_ratio={d.rcs_min_crop_ratio} must lie in [0, 1]")
+    if d.rcs_min_pixels is not None and d.rcs_min_pixels < 0:
         errs.append(f"data.rcs_min_pixels={d.rcs_min_pixels} must be >= 0")
 
     if o.lr <= 0:

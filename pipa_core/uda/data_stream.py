@@ -59,9 +59,9 @@ def build_datasets(cfg: TrainConfig, spec) -> tuple[Dataset, Dataset]:
             samplers = [
                 RareClassSampler.from_dataset(
                     s,
-                    temperature=d.rcs_temperature,
-                    min_pixels=d.rcs_min_pixels,
-                    min_crop_ratio=d.rcs_min_crop_ratio,
+                    temperature=spec.rcs_temperature,
+                    min_pixels=spec.rcs_min_pixels,
+                    min_crop_ratio=spec.rcs_min_crop_ratio,
                 )
                 for s in sources
             ]

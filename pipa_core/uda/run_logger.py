@@ -22,6 +22,7 @@ import torch
 from PIL import Image
 
 from pipa_core.data.labels import colorize
+from pipa_core.io import atomic_write_text
 
 
 class RunLogger:
@@ -33,14 +34,22 @@ class RunLogger:
         tensorboard: also write TensorBoard scalars under ``run_dir/tb``.
     """
 
-    def __init__(self, run_dir: str | Path, enabled: bool = True, tensorboard: bool = True):
+    def __init__(
+        self,
+        run_dir: str | Path,
+        enabled: bool = True,
+        tensorboard: bool = True,
+        resume_iteration: int | None = None,
+    ):
         self.run_dir = Path(run_dir)
         self.enabled = enabled
         self._tb = None
         if not enabled:
             return
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        self._metrics = open(self.run_dir / "metrics.jsonl", "a", buffering=1)  # noqa: SIM115
+        path = self.run_dir / "metrics.jsonl"
+        _truncate_metrics(path, resume_iteration)
+        self._metrics = open(path, "a", buffering=1)  # noqa: SIM115
         if tensorboard:
             from torch.utils.tensorboard import SummaryWriter
 
@@ -88,6 +97,22 @@ class RunLogger:
         self._metrics.close()
         if self._tb is not None:
             self._tb.close()
+
+
+def _truncate_metrics(path: Path, resume_iteration: int | None) -> None:
+    """Fresh run: empty metrics.jsonl. Resumed run: drop rows logged after the checkpoint
+    (they will be logged again), so every iteration appears once."""
+    if not path.is_file():
+        return
+    keep = []
+    if resume_iteration is not None:
+        for line in path.read_text().splitlines():
+            try:
+                if json.loads(line).get("iter", 0) <= resume_iteration:
+                    keep.append(line)
+            except json.JSONDecodeError:  # a line cut by a crash
+                continue
+    atomic_write_text(path, "".join(line + "\n" for line in keep))
 
 
 def _plain(v: Any) -> Any:

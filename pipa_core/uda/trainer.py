@@ -206,11 +206,12 @@ class Trainer:
         self.skipped_steps = 0
         self.step_fn: Callable[..., StepOutput] = training_step
         self._stop_signal: Optional[int] = None
-        self.logger = RunLogger(self.run_dir, enabled=self.info.is_main, tensorboard=r.tensorboard)
-        if self.info.is_main:
-            cfg.save(self.run_dir)
         if r.resume:
             self.resume()
+        resumed_at = self.iteration if r.resume else None
+        self.logger = RunLogger(self.run_dir, self.info.is_main, r.tensorboard, resumed_at)
+        if self.info.is_main:
+            cfg.save(self.run_dir)
 
     # ------------------------------------------------------------------ state
     def state_dict(self) -> dict[str, Any]:
