@@ -1,0 +1,799 @@
+"""Generate the tutorial notebooks from one place so they stay consistent.
+
+    python notebooks/_build.py          # (re)write notebooks/*.ipynb
+    python notebooks/_build.py --check  # exit 1 if a committed notebook differs
+
+Every notebook: a title, exactly one cell tagged ``parameters`` (papermill
+injects overrides after it), a setup cell, then short steps that call
+``pipa_core`` and show a table or a figure. Notebooks are written without
+outputs or execution counts. Edit this file, not the .ipynb files.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import nbformat
+from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
+
+HERE = Path(__file__).resolve().parent
+
+
+def md(text: str):
+    return new_markdown_cell(text.strip("\n"))
+
+
+def code(src: str):
+    return new_code_cell(src.strip("\n"))
+
+
+def params(src: str):
+    cell = new_code_cell(src.strip("\n"))
+    cell.metadata["tags"] = ["parameters"]
+    return cell
+
+
+SETUP = """
+%matplotlib inline
+import json
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+import pandas as pd
+import torch
+from IPython.display import Image, Markdown, display
+
+from pipa_core.eval.runs import enter_repo_root
+
+enter_repo_root()  # data/, runs/ and figures/ are relative to the repository root
+if num_threads:
+    torch.set_num_threads(int(num_threads))
+pd.set_option("display.precision", 1)
+"""
+
+# --------------------------------------------------------------------------- quickstart
+QUICKSTART = [
+    md(r"""
+# Quickstart: PiPa on the embedded sim-to-real benchmark
+
+Unsupervised domain adaptation (UDA) for semantic segmentation: a model learns
+from labelled **source** images (a game engine) and unlabelled **target**
+images (the real world), and is judged on the target. This notebook runs the
+whole story end to end on a CPU in minutes, on a procedurally generated street
+benchmark that ships with `pipa_core` (no download):
+
+1. look at both domains (dataset card);
+2. train a **source-only** model and a **PiPa** model with the training engine;
+3. evaluate both on the target validation split and compare per class;
+4. look at predictions;
+5. (optional) the full comparison table: oracle, source-only, DACS and PiPa over 3 seeds.
+
+Numbers on this toy benchmark are *not* the paper's numbers (see `evaluate.ipynb`
+for those); what matters is the ordering source-only < DACS <= PiPa < oracle.
+"""),
+    params("""
+data_root = "data"  # the synthetic benchmark is generated in <data_root>/synthetic
+out_dir = "runs/quickstart"  # run directories and quickstart.json go here
+figures_dir = "figures"  # figures: quickstart_*.png and dataset_card.png
+max_iters = None  # training iterations per run; None: the preset schedule (400)
+eval_max_samples = None  # evaluate on the first N target val images; None: all
+seeds = [0, 1, 2]  # seeds of the full comparison table
+run_table = True  # also run the full table (oracle / source-only / DACS / PiPa x seeds)
+n_examples = 3  # rows of the qualitative grid
+num_threads = None  # torch CPU threads; None: torch's default
+"""),
+    code(SETUP),
+    md(r"""
+## 1. The two domains
+
+The **source** domain looks like a game: flat shading, saturated colours,
+crisp edges. The **target** domain looks "real": textures, lighting, colour
+cast, blur, sensor noise, and its street layouts have different statistics
+(class frequencies differ too). Labels use the 19 Cityscapes classes
+(train IDs, 255 = ignore), exactly like GTA5 → Cityscapes.
+"""),
+    code("""
+from pipa_core.data.synthetic import ensure_synthetic
+from pipa_core.viz.dataset_card import class_frequency_table, make_dataset_card
+
+%matplotlib inline
+root = ensure_synthetic(Path(data_root) / "synthetic")
+card = make_dataset_card(root, Path(figures_dir) / "dataset_card.png")
+display(Image(filename=str(card)))
+freq = class_frequency_table(root)
+freq[(freq > 0).any(axis=1)].round(2)
+"""),
+    md(r"""
+## 2. Train: source-only, then PiPa
+
+**Source-only** minimises the cross-entropy on labelled source crops. **PiPa**
+adds self-training on the target (DACS / DAFormer: an EMA teacher produces
+pseudo-labels, ClassMix pastes source classes onto target images) and two
+self-supervised losses on projection-head embeddings $e$, with
+$r(a,b) = \exp(\cos(a,b)/\tau)$:
+
+* **pixel contrast** (source labels): pixels of the same class attract, other classes repel,
+$$\mathcal{L}_{pixel} = -\frac{1}{|P_i|}\sum_{j\in P_i}\log\frac{r(e_i,e_j)}{\sum_{k} r(e_i,e_k)}$$
+* **patch contrast** (unlabelled target): two overlapping crops of one image; a location
+  of the overlap seen in both crops is a positive pair, every other location a negative,
+$$\mathcal{L}_{patch} = -\sum_{p\in O}\log\frac{r(e^1_p,e^2_p)}{r(e^1_p,e^2_p)+\sum_{q\neq p} r(e^1_p,e_q)}$$
+
+Total: $\mathcal{L} = \mathcal{L}^S_{ce} + \mathcal{L}^T_{ce} + \alpha\mathcal{L}_{pixel} + \beta\mathcal{L}_{patch}$, $\alpha=\beta=0.1$.
+"""),
+    code("""
+from pipa_core.eval.runs import make_run_config
+from pipa_core.uda import train
+
+runs = {}
+for method in ("source_only", "pipa"):
+    cfg = make_run_config(
+        "synthetic", method, seed=0, max_iters=max_iters, data_root=data_root,
+        run_dir=Path(out_dir) / f"synthetic_{method}_s0", eval_max_samples=eval_max_samples,
+    )
+    runs[method] = train(cfg)
+    print(f"{method}: mIoU {runs[method]['mIoU']:.1f} after {runs[method]['iterations']} iterations")
+"""),
+    md(r"""
+## 3. Evaluate and compare
+
+One confusion matrix over the whole target validation split; IoU per class,
+mean over the classes present (absent classes are excluded, not counted as 0).
+"""),
+    code("""
+per_class = pd.DataFrame(
+    {m: r["eval"]["protocols"]["cs19"]["per_class_IoU"] for m, r in runs.items()}
+).T
+per_class["mIoU"] = [r["mIoU"] for r in runs.values()]
+display(per_class.dropna(axis=1, how="all"))
+
+fig, ax = plt.subplots(figsize=(9, 3))
+per_class.drop(columns="mIoU").T.plot.bar(ax=ax)
+ax.set_ylabel("IoU (%)")
+ax.set_title("target val IoU per class")
+from pipa_core.viz import save_figure
+
+save_figure(fig, Path(figures_dir) / "quickstart_per_class.png")
+"""),
+    md(r"""
+## 4. Predictions
+
+Image, ground truth, then each model's prediction and its error map (white = wrong,
+grey = ignore).
+"""),
+    code("""
+from pipa_core.data.benchmarks import build_val_dataset, get_benchmark
+from pipa_core.eval.features import predict_labels
+from pipa_core.eval.runs import load_segmentor
+from pipa_core.viz import qualitative_grid
+
+val = build_val_dataset(get_benchmark("synthetic"), data_root)
+samples = [val[i] for i in range(n_examples)]
+imgs = torch.stack([s["img"] for s in samples])
+preds = {}
+for method, res in runs.items():
+    model = load_segmentor(res["run_dir"])
+    with torch.no_grad():
+        preds[method] = list(predict_labels(model, imgs))
+fig = qualitative_grid(
+    [s["img"] for s in samples], [s["label"] for s in samples], preds,
+    names=[s["name"].split("/")[-1] for s in samples],
+)
+save_figure(fig, Path(figures_dir) / "quickstart_predictions.png")
+"""),
+    md(r"""
+## 5. The full comparison table
+
+`run_quickstart_table` trains the oracle (target labels: the upper bound),
+source-only, DACS (self-training + ClassMix) and PiPa for every seed, and
+reports mean ± std of the target mIoU. It reuses finished runs, so it can be
+interrupted and restarted.
+"""),
+    code("""
+from pipa_core.io import atomic_write_json
+
+summary = {"runs": {m: {"mIoU": r["mIoU"], "run_dir": r["run_dir"]} for m, r in runs.items()}}
+if run_table:
+    from pipa_core.uda.experiments import run_quickstart_table
+
+    table = run_quickstart_table(
+        data_root=data_root, out_dir=out_dir, seeds=seeds, max_iters=max_iters,
+        eval_max_samples=eval_max_samples,
+    )
+    display(Markdown(table["markdown"]) if "markdown" in table else table)
+    summary["table"] = table
+atomic_write_json(Path(out_dir) / "quickstart.json", summary)
+print("wrote", Path(out_dir) / "quickstart.json")
+"""),
+    md(r"""
+**Next:** `train.ipynb` (any benchmark / ablation), `evaluate.ipynb`,
+`tsne.ipynb` and `ccd.ipynb` (feature analyses of these very runs), `ablation.ipynb`.
+"""),
+]
+
+# --------------------------------------------------------------------------- train
+TRAIN = [
+    md(r"""
+# Train one model
+
+Any benchmark preset and any method; every ablation switch is a parameter.
+Run it interactively, or batch it with papermill:
+
+```
+papermill notebooks/train.ipynb runs/gta2cs_pipa.ipynb -p benchmark gta2cs -p method pipa
+papermill notebooks/train.ipynb runs/abl.ipynb -p method daformer -y 'losses: [pixel]'
+```
+
+Benchmarks: `gta2cs`, `syn2cs`, `gtasyn2cs`, `cs2acdc`, `cs2darkzurich`,
+`viper2csseq`, `synseq2csseq` (real data under `data/`, see data/README.md) and
+`synthetic` (embedded, generated on first use). Methods: `source_only`, `oracle`,
+`dacs`, `daformer`, `pipa`, `pipa_pp` (video benchmarks), `spcl`. A GPU is used when present
+(`device="auto"`); the run can be killed and resumed (`overrides=["runtime.resume=true"]`).
+Any other setting goes into `overrides`, e.g. `overrides=["optim.lr=1e-4", "data.batch_size=1"]`
+(from the command line: `-y 'overrides: ["optim.lr=1e-4"]'`).
+"""),
+    params("""
+benchmark = "synthetic"  # benchmark preset (see above)
+method = "pipa"  # method recipe (see above)
+losses = None  # ablation switch: None keeps the method's losses; [], ["pixel"], ["pixel", "patch"]
+seed = 0  # runtime.seed
+max_iters = None  # None: the preset schedule (real data 40k / 60k, synthetic 400)
+data_root = "data"  # where the datasets live
+run_dir = None  # None: runs/<benchmark>_<method>[_<losses>]_s<seed>
+device = "auto"  # "auto" (GPU if present), "cpu", "cuda", "cuda:1", "mps"
+eval_max_samples = None  # evaluate on the first N target val images; None: all
+overrides = []  # any other setting: a list of section.key assignments (see above)
+num_threads = None  # torch CPU threads; None: torch's default
+"""),
+    code(SETUP),
+    md(r"""
+## 1. The configuration
+
+The preset fixes every hyper-parameter of the papers (DESIGN.md §4); the
+parameters above change only what they name. The full configuration is saved
+as `config.json` / `config.yaml` in the run directory.
+"""),
+    code("""
+import yaml
+
+from pipa_core.eval.runs import make_run_config
+
+cfg = make_run_config(
+    benchmark, method, losses=losses, seed=seed, max_iters=max_iters, run_dir=run_dir,
+    data_root=data_root, device=device, eval_max_samples=eval_max_samples, overrides=overrides,
+)
+print(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+"""),
+    md(r"""
+## 2. Train
+
+The loop (`pipa_core/uda/trainer.py`) reads top to bottom: batch → step →
+backward → optimizer → EMA teacher → log / evaluate / checkpoint. `checkpoints/latest.pt`
+is written atomically, so a crash never loses more than `runtime.checkpoint_interval` iterations.
+"""),
+    code("""
+from pipa_core.uda import train
+
+result = train(cfg)
+run = Path(result["run_dir"])
+{k: v for k, v in result.items() if k not in ("eval", "evals")}
+"""),
+    md("## 3. Training curves"),
+    code("""
+from pipa_core.eval.runs import read_metrics
+from pipa_core.viz import save_figure
+
+log = read_metrics(run, kind="train")
+terms = [c for c in log.columns if c.startswith("loss")]
+fig, ax = plt.subplots(figsize=(7, 3.5))
+for c in terms:
+    ax.plot(log["iter"], log[c], label=c)
+ax.set_xlabel("iteration")
+ax.set_ylabel("loss")
+ax.legend(fontsize=8)
+ax.set_title(cfg.name)
+save_figure(fig, run / "figures" / "losses.png")
+"""),
+    md("## 4. Result on the target validation split"),
+    code("""
+if result["finished"]:
+    for proto, r in result["eval"]["protocols"].items():
+        display(Markdown(f"**{proto}**: mIoU {r['mIoU']:.2f}"))
+        display(pd.DataFrame([r["per_class_IoU"]], index=["IoU"]))
+else:
+    print("the run stopped early (signal or runtime.stop_after); resume with runtime.resume=true")
+print("result:", run / "result.json")
+"""),
+]
+
+# --------------------------------------------------------------------------- evaluate
+EVALUATE = [
+    md(r"""
+# Evaluate a checkpoint
+
+Per-class IoU on a labelled split (one confusion matrix over the whole split),
+next to the published numbers where the benchmark matches, the confusion
+matrix, a qualitative grid and an interactive browser.
+"""),
+    params("""
+run = "runs/quickstart/synthetic_pipa_s0"  # run directory (or checkpoints/*.pt) to evaluate
+which = "student"  # "student" or "teacher" (EMA) weights
+benchmark = None  # None: the run's benchmark
+data_root = "data"  # where the datasets live
+mode = None  # "whole" or "slide" inference; None: the run's eval setting
+max_samples = None  # first N images of the split; None: all
+n_examples = 4  # rows of the qualitative grid
+out_dir = None  # None: <run>/eval
+device = "auto"  # "auto": GPU if present
+num_threads = None  # torch CPU threads; None: torch's default
+"""),
+    code(SETUP),
+    code("""
+from pipa_core.data.benchmarks import build_val_dataset
+from pipa_core.eval.runs import load_run_config, load_segmentor
+from pipa_core.uda.config import resolve_benchmark
+from pipa_core.uda.distributed import resolve_device
+
+dev = resolve_device(device)
+cfg = load_run_config(run)
+if benchmark is not None:
+    cfg.data.benchmark = benchmark
+spec = resolve_benchmark(cfg)
+model = load_segmentor(run, which, device=dev)
+val = build_val_dataset(spec, data_root)
+out = Path(out_dir) if out_dir else Path(run if Path(run).is_dir() else Path(run).parent.parent) / "eval"
+print(f"{cfg.name}: {len(val)} images of {spec.name} ({spec.val.root}/{spec.val.split}), protocols {spec.protocols}")
+"""),
+    md(r"""
+## 1. mIoU per class
+
+IoU$_c$ = TP / (TP + FP + FN) from the confusion matrix of the whole split; the
+mean runs over the protocol's classes that are present.
+"""),
+    code("""
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+
+from pipa_core.eval.evaluate import evaluate
+from pipa_core.eval.published import comparison_table
+from pipa_core.io import atomic_write_json
+
+e = cfg.eval
+res = evaluate(
+    model, tqdm(DataLoader(val, batch_size=1), desc="evaluate"), spec.protocols, mode=mode or e.mode,
+    crop_size=tuple(e.crop_size or spec.crop_size), flip=e.flip, device=dev, max_samples=max_samples,
+)
+for proto, r in res["protocols"].items():
+    display(Markdown(f"### {proto}: mIoU {r['mIoU']:.2f} ({res['num_images']} images)"))
+    display(pd.DataFrame([r["per_class_IoU"]], index=[cfg.name]))
+    display(Markdown(comparison_table(spec.name, {cfg.name: r["mIoU"]}, protocol=proto)))
+atomic_write_json(out / "eval.json", res)
+"""),
+    md(r"""
+## 2. Confusion matrix
+
+Row-normalised: each row shows where the ground-truth pixels of a class go.
+Off-diagonal mass reveals systematic confusions (e.g. sidewalk → road).
+"""),
+    code("""
+from pipa_core.viz import confusion_heatmap, save_figure
+
+fig = confusion_heatmap(torch.tensor(res["confusion_matrix"]), spec.protocols[0], title=cfg.name)
+save_figure(fig, out / "confusion.png")
+"""),
+    md("## 3. Qualitative results"),
+    code("""
+from pipa_core.eval.features import predict_labels
+from pipa_core.viz import qualitative_grid
+
+samples = [val[i] for i in range(min(n_examples, len(val)))]
+with torch.no_grad():
+    preds = [predict_labels(model, s["img"][None].to(dev))[0].cpu() for s in samples]
+fig = qualitative_grid(
+    [s["img"] for s in samples], [s["label"] for s in samples], {cfg.name: preds},
+    names=[s["name"].split("/")[-1] for s in samples],
+)
+save_figure(fig, out / "qualitative.png")
+"""),
+    md("## 4. Browse the split (drag the slider)"),
+    code("""
+from pipa_core.viz import SplitBrowser
+
+browser = SplitBrowser(val, model, device=dev)
+browser.widget
+"""),
+]
+
+# --------------------------------------------------------------------------- ablation
+ABLATION = [
+    md(r"""
+# Ablation: which self-supervised loss helps?
+
+PiPa's ablation (Table 4 of the paper) adds the losses one at a time on top of
+DAFormer self-training: baseline, +pixel, +patch, +both, and on video
+benchmarks +temporal (PiPa++). Each setting × seed runs `train.ipynb` through
+papermill (its executed copy is kept next to the run), then the results are
+collected into a mean ± std table and a plot. Finished runs are reused, so an
+interrupted ablation continues where it stopped.
+"""),
+    params("""
+benchmark = "synthetic"  # benchmark preset
+method = "daformer"  # the baseline recipe the losses are added to
+settings = None  # None: all for the benchmark; or a subset, e.g. ["baseline", "+pixel"]
+seeds = [0, 1, 2]  # one run per setting and seed
+max_iters = None  # None: the preset schedule
+data_root = "data"  # where the datasets live
+out_dir = "runs/ablation"  # one sub-directory per run, plus ablation.json / ablation.png
+eval_max_samples = None  # evaluate on the first N target val images; None: all
+overrides = []  # passed to every run (same form as in train.ipynb)
+device = "auto"  # "auto": GPU if present
+num_threads = None  # torch CPU threads; None: torch's default
+"""),
+    code(SETUP),
+    code("""
+import papermill as pm
+
+from pipa_core.data.benchmarks import get_benchmark
+from pipa_core.eval.runs import ablation_settings, notebook_path
+
+available = ablation_settings(get_benchmark(benchmark).video)
+chosen = {k: available[k] for k in (settings or available)}
+chosen
+"""),
+    md("## 1. Run every setting and seed"),
+    code("""
+from tqdm.auto import tqdm
+
+out = Path(out_dir)
+jobs = [(name, list(losses), s) for name, losses in chosen.items() for s in seeds]
+for name, losses, s in tqdm(jobs, desc="ablation runs"):
+    run_dir = out / f"{benchmark}_{method}_{name.strip('+').replace('+', '_')}_s{s}"
+    if (run_dir / "result.json").is_file():
+        continue  # finished before: reuse
+    run_dir.mkdir(parents=True, exist_ok=True)
+    pm.execute_notebook(
+        str(notebook_path("train")), str(run_dir / "train.ipynb"),
+        parameters=dict(
+            benchmark=benchmark, method=method, losses=losses, seed=s, max_iters=max_iters,
+            data_root=str(data_root), run_dir=str(run_dir), eval_max_samples=eval_max_samples,
+            overrides=list(overrides), device=device, num_threads=num_threads,
+        ),
+        progress_bar=False,
+    )
+"""),
+    md(r"""
+## 2. Mean ± std over seeds
+
+The standard deviation is the sample standard deviation over seeds (0 for one seed).
+"""),
+    code("""
+from pipa_core.eval.runs import collect_results
+from pipa_core.io import atomic_write_json
+from pipa_core.viz import ablation_barplot, ablation_table, save_figure
+
+results = collect_results(sorted(p for p in out.iterdir() if p.is_dir()))
+label = {"+".join(v) or "-": k for k, v in chosen.items()}
+results = results[results["losses"].isin(label) & results["seed"].isin(seeds)].copy()
+results["setting"] = results["losses"].map(label)
+table = ablation_table(results, order=list(chosen))
+display(table)
+atomic_write_json(out / "ablation.json", {"runs": results.to_dict("records"), "table": table.reset_index().to_dict("records")})
+fig = ablation_barplot(results, title=f"{benchmark}: {method} + self-supervised losses")
+save_figure(fig, out / "ablation.png")
+"""),
+]
+
+# --------------------------------------------------------------------------- t-SNE
+TSNE = [
+    md(r"""
+# t-SNE of pixel embeddings
+
+The papers' "Figure 4": pixel features of a baseline and of PiPa, projected to
+2-D. Pixel contrast should make classes form **compact, separated clusters**,
+and adaptation should put **source and target pixels of a class together**.
+
+Recipe (docs/analysis.md): run the model over labelled source and target
+images, take the decoder feature (`embedding="feat"`) or a projection head's
+output (`"pixel"`), bring labels to feature resolution (nearest), sample at
+most `n_per_class` pixels per class and per domain (balanced, or road and sky
+would be all you see), then t-SNE: it minimises
+$\mathrm{KL}(P\,\|\,Q)$ between neighbourhood probabilities in feature space
+($P$, Gaussian, width set by the perplexity) and in the plane ($Q$, Student-t).
+Read clusters, not distances between clusters.
+"""),
+    params("""
+runs = {
+    "source-only": "runs/quickstart/synthetic_source_only_s0",
+    "PiPa": "runs/quickstart/synthetic_pipa_s0",
+}  # panel title -> run directory (default: the quickstart's runs)
+which = "student"  # "student" or "teacher" weights
+embedding = "feat"  # "feat" (decoder) or a projection head: "pixel", "patch", "temporal"
+normalize = False  # L2-normalise embeddings first (the geometry the contrastive loss sees)
+data_root = "data"  # where the datasets live
+max_images = 50  # images per domain
+n_per_class = 100  # pixels per class and domain
+max_pixels = 3000  # cap on the total number of points
+perplexity = 30.0  # t-SNE neighbourhood size (5 to 50)
+tsne_iters = 1000  # t-SNE optimisation iterations
+backend = "sklearn"  # "sklearn", or "opentsne" (pip install openTSNE; faster)
+seed = 0  # seeds the pixel sampling and t-SNE
+out_dir = "figures"  # tsne.png and tsne.json
+device = "auto"  # "auto": GPU if present
+num_threads = None  # torch CPU threads; None: torch's default
+"""),
+    code(SETUP),
+    code("""
+from pipa_core.eval.runs import analysis_datasets, load_run_config, load_segmentor
+from pipa_core.uda.distributed import resolve_device
+
+dev = resolve_device(device)
+benchmark = load_run_config(next(iter(runs.values()))).data.benchmark
+datasets = analysis_datasets(benchmark, data_root, max_images=max_images)
+{k: len(v) for k, v in datasets.items()}
+"""),
+    md("## 1. Sample pixel embeddings (balanced per class and domain)"),
+    code("""
+from pipa_core.eval.features import extract_pixel_embeddings
+
+embeddings = {}
+for title, run in runs.items():
+    model = load_segmentor(run, which, device=dev)
+    embeddings[title] = extract_pixel_embeddings(
+        model, datasets, embedding=embedding, n_per_class=n_per_class, max_pixels=max_pixels,
+        normalize=normalize, seed=seed,
+    )
+pd.DataFrame({t: {d: sum(c.values()) for d, c in e.counts().items()} for t, e in embeddings.items()})
+"""),
+    md("## 2. t-SNE, side by side (colour = class, marker = domain)"),
+    code("""
+from pipa_core.eval.tsne import tsne
+from pipa_core.io import atomic_write_json
+from pipa_core.viz import save_figure, tsne_scatter
+
+maps = {
+    t: tsne(e, perplexity=perplexity, max_iter=tsne_iters, seed=seed, backend=backend)
+    for t, e in embeddings.items()
+}
+fig = tsne_scatter(maps)
+save_figure(fig, Path(out_dir) / "tsne.png")
+atomic_write_json(Path(out_dir) / "tsne.json", {"embedding": embedding, "runs": runs, "maps": {t: m.to_dict() for t, m in maps.items()}})
+"""),
+]
+
+# --------------------------------------------------------------------------- CCD
+CCD = [
+    md(r"""
+# Class center distance (CCD)
+
+SPCL's Fig. 5 (after FADA): how compact each class is relative to its distance
+from the others. For class $i$ with centre $\mu_i$ and pixel set $S_i$,
+
+$$\mathrm{CCD}(i) = \frac{1}{C-1}\sum_{j\neq i}\frac{\frac{1}{|S_i|}\sum_{x\in S_i}\lVert x-\mu_i\rVert^2}{\lVert\mu_i-\mu_j\rVert^2}$$
+
+**Lower is more discriminative.** Computed on whole loaders with streaming
+sums (never holding all features), per domain (source, target) and pooled
+(`all`). Classes absent from the data are excluded and $C$ counts the present
+classes (docs/analysis.md). SPCL uses 1000 source + 1000 target images.
+"""),
+    params("""
+runs = {
+    "source-only": "runs/quickstart/synthetic_source_only_s0",
+    "PiPa": "runs/quickstart/synthetic_pipa_s0",
+}  # bar label -> run directory (default: the quickstart's runs)
+which = "student"  # "student" or "teacher" weights
+embedding = "feat"  # "feat" (decoder) or a projection head: "pixel", "patch", "temporal"
+classes = None  # None: the benchmark's first protocol (e.g. syn16); or a list of train IDs
+data_root = "data"  # where the datasets live
+max_images = 100  # images per domain (SPCL: 1000)
+out_dir = "figures"  # ccd_source.png, ccd_target.png and ccd.json
+device = "auto"  # "auto": GPU if present
+num_threads = None  # torch CPU threads; None: torch's default
+"""),
+    code(SETUP),
+    code("""
+from pipa_core.data.benchmarks import get_benchmark
+from pipa_core.eval.runs import analysis_datasets, load_run_config, load_segmentor
+from pipa_core.uda.distributed import resolve_device
+
+dev = resolve_device(device)
+benchmark = load_run_config(next(iter(runs.values()))).data.benchmark
+datasets = analysis_datasets(benchmark, data_root, max_images=max_images)
+classes = classes if classes is not None else get_benchmark(benchmark).protocols[0]
+"""),
+    md("## 1. CCD per class, per domain"),
+    code("""
+from pipa_core.eval.ccd import class_center_distance
+
+results = {}
+for title, run in runs.items():
+    model = load_segmentor(run, which, device=dev)
+    results[title] = class_center_distance(model, datasets, embedding=embedding, classes=classes)
+    display(Markdown(results[title].to_markdown(title)))
+"""),
+    md("## 2. SPCL Fig. 5 style: one bar per model and class"),
+    code("""
+from pipa_core.io import atomic_write_json
+from pipa_core.viz import ccd_barplot, ccd_table, save_figure
+
+for domain in ("source", "target"):
+    display(Markdown(f"**{domain}**"))
+    display(ccd_table(results, domain))
+    fig = ccd_barplot(results, domain)
+    save_figure(fig, Path(out_dir) / f"ccd_{domain}.png")
+atomic_write_json(Path(out_dir) / "ccd.json", {"embedding": embedding, "runs": runs, "ccd": {t: r.to_dict() for t, r in results.items()}})
+"""),
+]
+
+# --------------------------------------------------------------------------- video
+VIDEO = [
+    md(r"""
+# Video: temporal contrast (PiPa++) and temporal consistency
+
+On video benchmarks (VIPER → Cityscapes-Seq, SYNTHIA-Seq → Cityscapes-Seq, and
+the synthetic sequences here) each target sample carries a **key frame** and a
+nearby **reference frame**. PiPa++'s temporal contrast treats the features at
+the *same pixel location* of the two frames as a positive pair (no optical
+flow) and other locations as negatives:
+
+$$\mathcal{L}_{temp} = -\sum_{p}\log\frac{r(e^{key}_p,e^{ref}_p)}{r(e^{key}_p,e^{ref}_p)+\sum_{q\neq p} r(e^{key}_p,e^{ref}_q)}$$
+
+We train PiPa with and without it and measure, besides mIoU, the **temporal
+consistency** of predictions across consecutive frames: the fraction of pixels
+whose class is unchanged, and the mIoU of frame $t+1$'s prediction against frame
+$t$'s. No flow is used, so real motion lowers both: compare models, not against 100.
+"""),
+    params("""
+benchmark = "synthetic_seq"  # video benchmark: synthetic_seq, viper2csseq, synseq2csseq
+data_root = "data"  # where the datasets live
+settings = {"PiPa": "pipa", "PiPa++ (+temporal)": "pipa_pp"}  # title -> method
+seed = 0  # runtime.seed of both runs
+max_iters = None  # None: the preset schedule
+eval_max_samples = None  # evaluate on the first N target val images; None: all
+max_sequences = None  # target sequences used for temporal consistency; None: all
+out_dir = "runs/video"  # runs, video.json and figures
+device = "auto"  # "auto": GPU if present
+num_threads = None  # torch CPU threads; None: torch's default
+"""),
+    code(SETUP),
+    md("## 1. A target sequence"),
+    code("""
+from pipa_core.data.benchmarks import build_val_dataset, get_benchmark
+from pipa_core.viz import save_figure
+from pipa_core.viz.masks import colorize, to_uint8_image
+
+spec = get_benchmark(benchmark)
+assert spec.video, f"{benchmark} is not a video benchmark"
+frames = build_val_dataset(spec, data_root)
+item = frames[0]
+fig, axes = plt.subplots(1, 3, figsize=(12, 3))
+for ax, (t, im) in zip(axes, [("key frame", item["img"]), (f"reference ({item['ref_offset']:+d})", item["img_ref"]), ("key label", None)]):
+    ax.imshow(to_uint8_image(im) if im is not None else colorize(item["label"].numpy()))
+    ax.set_title(t)
+    ax.axis("off")
+save_figure(fig, Path(out_dir) / "video_frames.png")
+"""),
+    md("## 2. Train with and without temporal contrast"),
+    code("""
+from pipa_core.eval.runs import make_run_config
+from pipa_core.uda import train
+
+results = {}
+for title, method in settings.items():
+    cfg = make_run_config(
+        benchmark, method, seed=seed, max_iters=max_iters, data_root=data_root, device=device,
+        run_dir=Path(out_dir) / f"{benchmark}_{method}_s{seed}", eval_max_samples=eval_max_samples,
+    )
+    results[title] = train(cfg)
+pd.DataFrame({t: {"losses": "+".join(make_run_config(benchmark, m).losses.enabled), "mIoU": results[t]["mIoU"]} for t, m in settings.items()}).T
+"""),
+    md(r"""
+## 3. Temporal consistency of predictions
+
+Every key frame of the target split is paired with its reference frame;
+both are predicted and compared (pairs ordered in time).
+"""),
+    code("""
+from torch.utils.data import Subset
+
+from pipa_core.eval.runs import load_segmentor
+from pipa_core.eval.temporal import evaluate_temporal_consistency
+from pipa_core.io import atomic_write_json
+from pipa_core.uda.distributed import resolve_device
+
+dev = resolve_device(device)
+pairs = frames if max_sequences is None else Subset(frames, range(min(len(frames), max_sequences * 10)))
+consistency = {}
+for title, res in results.items():
+    model = load_segmentor(res["run_dir"], device=dev)
+    consistency[title] = evaluate_temporal_consistency(model, pairs, protocol=spec.protocols[0])
+table = pd.DataFrame({t: {"mIoU": results[t]["mIoU"], "pixel agreement (%)": c["pixel_agreement"], "consecutive mIoU": c["consecutive_mIoU"]} for t, c in consistency.items()}).T
+display(table)
+atomic_write_json(Path(out_dir) / "video.json", {"table": table.reset_index().to_dict("records"), "consistency": consistency})
+"""),
+    md("## 4. Predictions over consecutive frames"),
+    code("""
+from pipa_core.eval.features import predict_labels
+
+item = frames[0]
+rows = [to_uint8_image(item["img"]), to_uint8_image(item["img_ref"])]
+fig, axes = plt.subplots(len(results), 3, figsize=(12, 3 * len(results)), squeeze=False)
+for r, (title, res) in enumerate(results.items()):
+    model = load_segmentor(res["run_dir"], device=dev)
+    with torch.no_grad():
+        p = predict_labels(model, torch.stack([item["img"], item["img_ref"]]).to(dev)).cpu().numpy()
+    for c, (panel, name) in enumerate([(colorize(p[0]), "key"), (colorize(p[1]), "reference"), ((p[0] != p[1])[..., None] * 255, "changed")]):
+        axes[r][c].imshow(panel.squeeze() if c == 2 else panel, cmap="gray" if c == 2 else None)
+        axes[r][c].set_title(f"{title}: {name}")
+        axes[r][c].axis("off")
+save_figure(fig, Path(out_dir) / "video_predictions.png")
+"""),
+]
+
+NOTEBOOKS = {
+    "quickstart": QUICKSTART,
+    "train": TRAIN,
+    "evaluate": EVALUATE,
+    "ablation": ABLATION,
+    "tsne": TSNE,
+    "ccd": CCD,
+    "video": VIDEO,
+}
+
+
+def build(name: str) -> nbformat.NotebookNode:
+    """The notebook ``name`` as an nbformat v4 object (no outputs)."""
+    nb = new_notebook(cells=[nbformat.from_dict(c) for c in NOTEBOOKS[name]])
+    nb.metadata["kernelspec"] = {
+        "name": "python3",
+        "display_name": "Python 3",
+        "language": "python",
+    }
+    nb.metadata["language_info"] = {"name": "python"}
+    # Stable cell ids keep diffs of regenerated notebooks empty.
+    for i, cell in enumerate(nb.cells):
+        cell["id"] = f"{name}-{i:02d}"
+    return nb
+
+
+def _ruff_format(text: str, path: Path) -> str:
+    """The notebook JSON with its code cells formatted by ruff (``make lint`` checks notebooks too)."""
+    ruff = Path(sys.executable).with_name("ruff")
+    cmd = [str(ruff)] if ruff.is_file() else [sys.executable, "-m", "ruff"]
+    proc = subprocess.run(
+        [*cmd, "format", "--stdin-filename", str(path)],
+        input=text,
+        capture_output=True,
+        text=True,
+        cwd=HERE.parent,
+    )
+    if proc.returncode != 0:
+        raise RuntimeError(f"ruff could not format {path.name}:\n{proc.stderr}")
+    return proc.stdout
+
+
+def render(name: str) -> str:
+    """The exact text of ``notebooks/<name>.ipynb``."""
+    path = HERE / f"{name}.ipynb"
+    return _ruff_format(nbformat.writes(build(name)) + "\n", path)
+
+
+def main(argv: list[str]) -> int:
+    check = "--check" in argv
+    stale = []
+    for name in NOTEBOOKS:
+        path = HERE / f"{name}.ipynb"
+        text = render(name)
+        if check:
+            if not path.is_file() or path.read_text() != text:
+                stale.append(path.name)
+        else:
+            path.write_text(text)
+    if stale:
+        print("out of date (run python notebooks/_build.py):", ", ".join(stale))
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

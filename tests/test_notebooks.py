@@ -1,0 +1,163 @@
+"""Notebooks: committed clean (no outputs, one ``parameters`` cell, in sync with the generator),
+and every notebook runs through papermill with tiny parameters on the synthetic benchmark (CPU)."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import nbformat
+import papermill as pm
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+NB_DIR = REPO / "notebooks"
+NOTEBOOKS = ["quickstart", "train", "evaluate", "ablation", "tsne", "ccd", "video"]
+# Tiny settings shared by every run: 2 iterations, evaluation on 2 images.
+TINY = {"max_iters": 2, "eval_max_samples": 2}
+
+
+# ----------------------------------------------------------------------------- static checks
+
+
+@pytest.mark.parametrize("name", NOTEBOOKS)
+def test_committed_notebook_is_clean_with_one_parameters_cell(name):
+    nb = nbformat.read(NB_DIR / f"{name}.ipynb", as_version=4)
+    nbformat.validate(nb)
+    tagged = [c for c in nb.cells if "parameters" in c.metadata.get("tags", [])]
+    assert len(tagged) == 1 and tagged[0].cell_type == "code"
+    for cell in nb.cells:
+        if cell.cell_type == "code":
+            assert cell.outputs == [] and cell.execution_count is None, f"{name}: outputs committed"
+    # every parameter is documented and parsed by papermill (no '=' in its comment)
+    inferred = pm.inspect_notebook(str(NB_DIR / f"{name}.ipynb"))
+    n_assignments = sum(1 for line in tagged[0].source.splitlines() if "=" in line.split("#")[0])
+    assert len(inferred) == n_assignments
+    assert all(p["help"] for p in inferred.values()), f"{name}: undocumented parameter"
+    assert nb.cells[0].cell_type == "markdown" and nb.cells[0].source.startswith("# ")
+
+
+def test_notebooks_match_their_generator():
+    proc = subprocess.run(
+        [sys.executable, str(NB_DIR / "_build.py"), "--check"], capture_output=True, text=True
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+# ----------------------------------------------------------------------------- execution
+
+
+@pytest.fixture(scope="session")
+def data_root(request):
+    """The synthetic benchmark, generated once and kept in pytest's cache between sessions."""
+    from pipa_core.data.synthetic import ensure_synthetic
+
+    root = Path(request.config.cache.mkdir("pipa_notebook_data"))
+    ensure_synthetic(root / "synthetic")
+    return root
+
+
+@pytest.fixture(scope="session")
+def trained_runs(data_root, tmp_path_factory):
+    """Two tiny runs (source-only and PiPa) for the analysis notebooks."""
+    from pipa_core.eval.runs import make_run_config
+    from pipa_core.uda import train
+
+    base = tmp_path_factory.mktemp("runs")
+    runs = {}
+    for method in ("source_only", "pipa"):
+        cfg = make_run_config(
+            "synthetic", method, data_root=data_root, run_dir=base / method, **TINY,
+            overrides=["runtime.progress=false", "runtime.tensorboard=false"],
+        )  # fmt: skip
+        runs[method] = train(cfg)["run_dir"]
+    return runs
+
+
+def run_notebook(name: str, cwd: Path, **parameters) -> nbformat.NotebookNode:
+    """Execute ``notebooks/<name>.ipynb`` in ``cwd`` with papermill; return the executed notebook."""
+    out = cwd / f"{name}.executed.ipynb"
+    pm.execute_notebook(
+        str(NB_DIR / f"{name}.ipynb"),
+        str(out),
+        parameters=parameters,
+        cwd=str(cwd),
+        kernel_name="python3",
+        progress_bar=False,
+    )
+    return nbformat.read(out, as_version=4)
+
+
+def _outputs(nb, mime: str) -> list:
+    return [
+        o for c in nb.cells if c.cell_type == "code" for o in c.outputs if mime in o.get("data", {})
+    ]
+
+
+@pytest.mark.slow
+def test_train_notebook(data_root, tmp_path):
+    run = tmp_path / "run"
+    nb = run_notebook(
+        "train", tmp_path, data_root=str(data_root), run_dir=str(run), losses=["pixel"], **TINY
+    )
+    result = json.loads((run / "result.json").read_text())
+    assert result["finished"] and result["iterations"] == 2 and 0 <= result["mIoU"] <= 100
+    assert json.loads((run / "config.json").read_text())["losses"]["enabled"] == ["pixel"]
+    assert (run / "figures" / "losses.png").stat().st_size > 0
+    assert _outputs(nb, "image/png")  # figures are shown
+
+
+@pytest.mark.slow
+def test_evaluate_notebook(data_root, trained_runs, tmp_path):
+    nb = run_notebook(
+        "evaluate", tmp_path, run=trained_runs["pipa"], data_root=str(data_root), max_samples=3,
+        n_examples=2, out_dir=str(tmp_path / "eval"),
+    )  # fmt: skip
+    res = json.loads((tmp_path / "eval" / "eval.json").read_text())
+    assert res["num_images"] == 3 and len(res["confusion_matrix"]) == 19
+    for f in ("confusion.png", "qualitative.png"):
+        assert (tmp_path / "eval" / f).stat().st_size > 0
+    assert _outputs(nb, "application/vnd.jupyter.widget-view+json")  # the browser widget
+
+
+@pytest.mark.slow
+def test_tsne_notebook(data_root, trained_runs, tmp_path):
+    run_notebook(
+        "tsne", tmp_path, data_root=str(data_root), runs={"source-only": trained_runs["source_only"], "PiPa": trained_runs["pipa"]},
+        max_images=2, n_per_class=5, max_pixels=60, tsne_iters=250, perplexity=5.0, out_dir="figs",
+    )  # fmt: skip
+    out = json.loads((tmp_path / "figs" / "tsne.json").read_text())
+    assert set(out["maps"]) == {"source-only", "PiPa"}
+    for m in out["maps"].values():
+        assert 5 <= len(m["coords"]) <= 60 and set(m["domain_names"]) == {"source", "target"}
+    assert (tmp_path / "figs" / "tsne.png").stat().st_size > 0
+
+
+@pytest.mark.slow
+def test_ccd_notebook(data_root, trained_runs, tmp_path):
+    run_notebook(
+        "ccd", tmp_path, data_root=str(data_root), runs={"source-only": trained_runs["source_only"], "PiPa": trained_runs["pipa"]},
+        max_images=2, embedding="feat", out_dir="figs",
+    )  # fmt: skip
+    out = json.loads((tmp_path / "figs" / "ccd.json").read_text())
+    assert set(out["ccd"]) == {"source-only", "PiPa"} and out["embedding"] == "feat"
+    assert set(out["ccd"]["PiPa"]) == {"source", "target", "all"}
+    assert out["ccd"]["PiPa"]["target"]["mean"] > 0
+    for d in ("source", "target"):
+        assert (tmp_path / "figs" / f"ccd_{d}.png").stat().st_size > 0
+
+
+@pytest.mark.slow
+def test_ablation_notebook_runs_train_notebook_per_setting(data_root, tmp_path):
+    run_notebook(
+        "ablation", tmp_path, data_root=str(data_root), settings=["baseline", "+pixel"], seeds=[0],
+        out_dir="abl", **TINY,
+    )  # fmt: skip
+    out = json.loads((tmp_path / "abl" / "ablation.json").read_text())
+    assert [r["setting"] for r in out["table"]] == ["baseline", "+pixel"]
+    assert all(r["runs"] == 1 and r["std"] == 0.0 for r in out["table"])
+    assert sorted(r["losses"] for r in out["runs"]) == ["-", "pixel"]
+    # each run was executed through train.ipynb, and its copy is kept next to it
+    executed = sorted((tmp_path / "abl").glob("*/train.ipynb"))
+    assert len(executed) == 2
+    assert (tmp_path / "abl" / "ablation.png").stat().st_size > 0
