@@ -233,6 +233,7 @@ def test_projection_head_errors():
         seg.project("patch", feat)
     with pytest.raises(ValueError, match="unknown projection head"):
         small_model(proj_heads=("pixel", "global"))
+    assert list(small_model(proj_heads="patch").proj_heads) == ["patch"]
 
 
 def test_unknown_arch_lists_valid_names():

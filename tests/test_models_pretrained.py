@@ -102,7 +102,7 @@ def test_official_segformer_checkpoint_round_trip(tmp_path, source_b0, wrapped, 
     _assert_same(_features(seg, img), ref)
 
 
-@pytest.mark.parametrize("suffix", [".bin", ".safetensors"])
+@pytest.mark.parametrize("suffix", [".bin", ".safetensors", "safetensors-named.bin"])
 def test_huggingface_checkpoint_round_trip(tmp_path, source_b0, suffix):
     sd, img, ref = source_b0
     hf = make_hf_state_dict(sd)
@@ -124,7 +124,7 @@ def test_huggingface_checkpoint_round_trip(tmp_path, source_b0, suffix):
     ]:
         assert k in hf, k
     path = tmp_path / f"pytorch_model{suffix}"
-    if suffix == ".safetensors":
+    if "safetensors" in suffix:  # also a safetensors file under a .bin name
         from safetensors.torch import save_file
 
         save_file(hf, str(path))

@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 from typing import Optional, Sequence, Union
 
-import torch
 from torch import nn
 
 from pipa_core.models import mit
@@ -69,6 +68,10 @@ def build_segmentor(
     """
     if arch not in ARCHS:
         raise ValueError(f"unknown architecture {arch!r}; valid names: {', '.join(ARCHS)}")
+    if num_classes < 1:
+        raise ValueError(f"num_classes must be >= 1, got {num_classes}")
+    if isinstance(proj_heads, str):  # a single name, not its characters
+        proj_heads = (proj_heads,)
     if arch in _RESNETS:
         encoder: nn.Module = ResNetEncoder(_RESNETS[arch], output_stride=8)
         decoder: nn.Module = ASPPClassifier(encoder.out_channels[-1], num_classes)
@@ -88,13 +91,10 @@ def build_segmentor(
         name: ProjectionHead(decoder.channels, proj_dim, hidden_dim=proj_hidden)
         for name in proj_heads
     }
-    seg = Segmentor(encoder, decoder, output_stride, heads, arch=arch)
+    seg = Segmentor(encoder, decoder, output_stride, heads, arch=arch, channels_last=channels_last)
     seg.pretrained_report = None
     if pretrained is not None:
         seg.pretrained_report = load_pretrained(seg, pretrained)
     if grad_checkpointing:
         seg.set_grad_checkpointing(True)
-    if channels_last:
-        seg.channels_last = True
-        seg.to(memory_format=torch.channels_last)
     return seg

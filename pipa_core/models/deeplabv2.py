@@ -31,12 +31,12 @@ class ResNetEncoder(nn.Module):
     timm ImageNet ``state_dict`` onto them (its ``fc.*`` is unused).
     """
 
-    def __init__(self, name: str = "resnet101", output_stride: int = 8, pretrained: bool = False):
+    def __init__(self, name: str = "resnet101", output_stride: int = 8):
         super().__init__()
         self.name = name
         self.body = timm.create_model(
             name,
-            pretrained=pretrained,
+            pretrained=False,  # weights come through pipa_core.models.pretrained
             features_only=True,
             output_stride=output_stride,
             out_indices=(1, 2, 3, 4),

@@ -114,7 +114,7 @@ def read_state_dict(path: Union[str, os.PathLike]) -> StateDict:
             f"timm ResNet) or pretrained='imagenet' to download it"
         )
     try:
-        if path.suffix == ".safetensors":
+        if path.suffix == ".safetensors" or _looks_like_safetensors(path):
             from safetensors.torch import load_file
 
             obj = load_file(str(path))
@@ -140,6 +140,14 @@ def read_state_dict(path: Union[str, os.PathLike]) -> StateDict:
     if obj and all(k.startswith("module.") for k in obj):
         obj = {k[len("module.") :]: v for k, v in obj.items()}
     return dict(obj)
+
+
+def _looks_like_safetensors(path: Path) -> bool:
+    # safetensors: 8-byte little-endian header length, then a JSON header starting with "{".
+    # (torch.save files are zip archives starting with "PK"; legacy pickles with 0x80.)
+    with open(path, "rb") as f:
+        head = f.read(9)
+    return len(head) == 9 and head[8:9] == b"{"
 
 
 def detect_format(sd: StateDict) -> str:
