@@ -186,6 +186,32 @@ def test_cache_reuse_and_regeneration(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["syn"]
 
 
+def test_interrupted_generation_leaves_no_half_cache(tmp_path, monkeypatch):
+    import pipa_core.data.synthetic.cache as cache
+
+    real_job, calls = cache._scene_job, []
+
+    def dying_job(args):
+        calls.append(args)
+        if len(calls) == 5:
+            raise KeyboardInterrupt  # e.g. Ctrl-C in the middle of the generation
+        return real_job(args)
+
+    monkeypatch.setattr(cache, "_scene_job", dying_job)
+    with pytest.raises(KeyboardInterrupt):
+        ensure_synthetic(tmp_path / "syn", size="tiny", seed=0)
+    assert list(tmp_path.iterdir()) == []  # neither root nor a temporary directory
+    monkeypatch.setattr(cache, "_scene_job", real_job)
+    root = ensure_synthetic(tmp_path / "syn", size="tiny", seed=0)
+    # interrupting the regeneration of a stale cache keeps the old, complete cache
+    calls.clear()
+    monkeypatch.setattr(cache, "_scene_job", dying_job)
+    with pytest.raises(KeyboardInterrupt):
+        ensure_synthetic(root, size="tiny", seed=9)
+    assert read_manifest(root)["seed"] == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["syn"]
+
+
 def test_generation_independent_of_worker_count(tmp_path):
     a = ensure_synthetic(tmp_path / "a", size="tiny", seed=4, workers=1)
     b = ensure_synthetic(tmp_path / "b", size="tiny", seed=4, workers=2)
