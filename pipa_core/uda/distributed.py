@@ -101,6 +101,29 @@ def broadcast_flag(flag: bool, device: torch.device) -> bool:
     return bool(t.item() > 0)
 
 
+@torch.no_grad()
+def average_buffers(model: nn.Module) -> None:
+    """Average floating-point buffers (BatchNorm running statistics) over ranks, in place.
+
+    DDP broadcasts rank 0's buffers at the start of every forward, but the last
+    forward of a step leaves each rank with statistics of its own shard; averaging
+    them keeps every rank's model (and hence its EMA teacher) identical. No-op in
+    a single process.
+    """
+    if not (dist.is_available() and dist.is_initialized()):
+        return
+    bufs = [b for b in model.buffers() if b.is_floating_point()]
+    if not bufs:
+        return
+    flat = torch.cat([b.reshape(-1) for b in bufs])
+    dist.all_reduce(flat)
+    flat /= dist.get_world_size()
+    offset = 0
+    for b in bufs:
+        b.copy_(flat[offset : offset + b.numel()].view_as(b))
+        offset += b.numel()
+
+
 def wrap_model(
     model: nn.Module, info: DistInfo, sync_bn: bool = True, find_unused_parameters: bool = False
 ) -> nn.Module:

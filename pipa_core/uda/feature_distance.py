@@ -121,9 +121,10 @@ class FeatureDistance(nn.Module):
                 f"{type(segmentor).__name__} has no `encode(img)` method; the feature distance "
                 "needs the segmentor's encoder features (pipa_core.models.Segmentor)"
             )
-        self.imnet = copy.deepcopy(segmentor).eval()
-        for p in self.imnet.parameters():
-            p.requires_grad_(False)
+        if hasattr(segmentor, "frozen_copy"):  # drops the projection heads
+            self.imnet = segmentor.frozen_copy()
+        else:
+            self.imnet = copy.deepcopy(segmentor).eval().requires_grad_(False)
         self.weight = weight
         self.classes = tuple(classes) if classes is not None else None
         self.min_ratio = min_ratio

@@ -41,6 +41,7 @@ from pipa_core.uda.data_stream import BatchStream, build_datasets, val_loader
 from pipa_core.uda.distributed import (
     DistInfo,
     all_reduce_mean,
+    average_buffers,
     barrier,
     broadcast_flag,
     init_distributed,
@@ -370,6 +371,8 @@ class Trainer:
                 batch = self.stream.next()
                 out = self.step_fn(batch, self.nets, cfg, self.ctx)
                 ok = self._optimizer_step(out)
+                if self.info.distributed:
+                    average_buffers(self.student)
                 if ok:
                     self.nonfinite_streak = 0
                     if self.nets.teacher is not None:
