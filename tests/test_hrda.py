@@ -288,3 +288,20 @@ def test_state_dict_keys_share_the_base_layout(seg):
     assert any(k.startswith("scale_attention.") for k in keys)
     assert not any(k.startswith("proj_heads.") for k in seg.inference_state_dict())
     assert seg.arch == "hrda_daformer_mit_b0" and seg.output_stride == 4
+
+
+def test_bf16_autocast_training_and_inference(seg):
+    torch.manual_seed(5)
+    img, label = torch.rand(1, 3, 64, 64), torch.randint(0, 19, (1, 64, 64))
+    seg.train()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = seg(img)
+        loss = seg.seg_loss(out, label)
+    assert loss.dtype == torch.float32 and torch.isfinite(loss)
+    loss.backward()
+    seg.eval()
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        hr_logits, _ = seg.slide_hr(img)
+        full = seg(img)
+    assert hr_logits.dtype == torch.float32  # overlapping windows are averaged in float32
+    assert torch.isfinite(full["logits"]).all()

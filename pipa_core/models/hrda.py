@@ -381,7 +381,7 @@ class HRDASegmentor(Segmentor):
         ``img`` sides must be multiples of the output stride.
 
         Returns:
-            ``(logits (B, K, H/s, W/s), feat (B, D, H/s, W/s))``.
+            float32 ``(logits (B, K, H/s, W/s), feat (B, D, H/s, W/s))``.
         """
         s = self.output_stride
         h, w = img.shape[-2:]
@@ -400,14 +400,14 @@ class HRDASegmentor(Segmentor):
         b = img.shape[0]
         n = batch_size or self.slide_batch_size
         logits = feat = None
-        count = img.new_zeros((1, 1, h // s, w // s))
+        count = img.new_zeros((1, 1, h // s, w // s), dtype=torch.float32)
         for start in range(0, len(windows), n):
             chunk = windows[start : start + n]
             crops = torch.cat([img[..., y1:y2, x1:x2] for y1, y2, x1, x2 in chunk])
             lg, ft, _ = self._single(crops)
-            if logits is None:
-                logits = lg.new_zeros((b, lg.shape[1], h // s, w // s))
-                feat = ft.new_zeros((b, ft.shape[1], h // s, w // s))
+            if logits is None:  # accumulate overlaps in float32 (inputs may be bf16 / fp16)
+                logits = lg.new_zeros((b, lg.shape[1], h // s, w // s), dtype=torch.float32)
+                feat = ft.new_zeros((b, ft.shape[1], h // s, w // s), dtype=torch.float32)
             for i, (y1, y2, x1, x2) in enumerate(chunk):
                 sl = (Ellipsis, slice(y1 // s, y2 // s), slice(x1 // s, x2 // s))
                 logits[sl] += lg[i * b : (i + 1) * b]
