@@ -95,12 +95,13 @@ def measure(fn: Callable[[], torch.Tensor], device: torch.device, repeats: int) 
 
     fn().backward()  # warm-up
     sync()
-    times = []
+    times, cpu_times = [], []
     for _ in range(repeats):
-        t0 = time.perf_counter()
+        c0, t0 = time.process_time(), time.perf_counter()
         fn().backward()
         sync()
         times.append((time.perf_counter() - t0) * 1e3)
+        cpu_times.append((time.process_time() - c0) * 1e3)
     if cuda:
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats(device)
@@ -112,7 +113,12 @@ def measure(fn: Callable[[], torch.Tensor], device: torch.device, repeats: int) 
         with _PeakRSS() as rec:
             fn().backward()
         peak = rec.peak - rec.base
-    return {"time_ms": round(statistics.median(times), 3), "peak_mib": round(peak / 2**20, 2)}
+    return {
+        "time_ms": round(statistics.median(times), 3),
+        # process CPU time: robust to other jobs on a shared machine (wall time is not)
+        "cpu_time_ms": round(statistics.median(cpu_times), 3),
+        "peak_mib": round(peak / 2**20, 2),
+    }
 
 
 def _leaf(*shape, device, seed) -> torch.Tensor:
@@ -213,17 +219,19 @@ def to_markdown(meta: dict, rows: list[dict]) -> str:
         f"# Loss benchmark ({meta['device']})",
         "",
         f"torch {meta['torch']}, {meta['device_name']}, size preset `{meta['size']}`, "
-        f"embedding dim {meta['dim']}, median of {meta['repeats']} fwd+bwd runs. "
+        f"embedding dim {meta['dim']}, {meta['threads']} thread(s), load average "
+        f"{meta['load_avg_1min']}, median of {meta['repeats']} fwd+bwd runs. "
         f"`anchors`: anchor rows (patch/temporal: both views), `bank`: memory-bank entries "
         f"(prototype: number of prototypes), `chunk`: InfoNCE rows per chunk (`-` = unchunked).",
         "",
-        "| loss | anchors | bank | chunk | time (ms) | peak memory (MiB) |",
-        "|---|---:|---:|---:|---:|---:|",
+        "| loss | anchors | bank | chunk | wall time (ms) | process CPU time (ms) | peak memory (MiB) |",
+        "|---|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
         ch = "-" if r["chunk"] is None else r["chunk"]
         lines.append(
-            f"| {r['loss']} | {r['anchors']} | {r['bank']} | {ch} | {r['time_ms']} | {r['peak_mib']} |"
+            f"| {r['loss']} | {r['anchors']} | {r['bank']} | {ch} | {r['time_ms']} "
+            f"| {r.get('cpu_time_ms', '')} | {r['peak_mib']} |"
         )
     return "\n".join(lines) + "\n"
 
