@@ -305,3 +305,26 @@ def test_bf16_autocast_training_and_inference(seg):
         full = seg(img)
     assert hr_logits.dtype == torch.float32  # overlapping windows are averaged in float32
     assert torch.isfinite(full["logits"]).all()
+
+
+def test_export_and_load_weights_roundtrip(seg, tmp_path):
+    seg.export_weights(tmp_path / "hrda.pt")
+    torch.manual_seed(123)  # a differently initialised twin
+    twin = build_hrda_segmentor(
+        "hrda_daformer_mit_b0",
+        detail_size=(32, 32),
+        decoder_channels=16,
+        proj_heads=("pixel",),
+        proj_dim=8,
+        attention_channels=8,
+    )
+    report = twin.load_weights(tmp_path / "hrda.pt")
+    assert not report.missing and not report.unexpected
+    ref, got = seg.inference_state_dict(), twin.inference_state_dict()
+    assert any(k.startswith("scale_attention.") for k in got)
+    assert all(torch.equal(ref[k], got[k]) for k in ref)
+    # A plain single-scale segmentor file lacks the attention head: a clear error.
+    plain = build_segmentor("daformer_mit_b0", decoder_channels=16, proj_heads=())
+    plain.export_weights(tmp_path / "plain.pt")
+    with pytest.raises(ValueError, match="scale_attention"):
+        twin.load_weights(tmp_path / "plain.pt")
