@@ -212,6 +212,8 @@ def test_frozen_copy_gives_imagenet_features_without_gradients():
     frozen = seg.frozen_copy()
     assert not frozen.training and len(frozen.proj_heads) == 0
     assert not any(p.requires_grad for p in frozen.parameters())
+    parent = torch.nn.ModuleDict({"student": seg, "imnet": frozen}).train()
+    assert seg.training and not frozen.training and not parent["imnet"].decoder.training
     img = torch.rand(1, 3, 32, 32)
     seg.eval()
     with torch.no_grad():

@@ -69,6 +69,7 @@ class Segmentor(nn.Module):
         self.feat_channels = decoder.channels
         self.arch = arch
         self.channels_last = channels_last
+        self.frozen = False
         self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
         if channels_last:
@@ -143,7 +144,13 @@ class Segmentor(nn.Module):
         clone = copy.deepcopy(self)
         clone.proj_heads = nn.ModuleDict()
         clone.requires_grad_(False)
+        clone.frozen = True
         return clone.eval()
+
+    def train(self, mode: bool = True) -> Segmentor:
+        """Set train/eval mode; a :meth:`frozen_copy` stays in eval mode (BN statistics fixed)
+        even when a parent module calls ``.train()``."""
+        return super().train(mode and not self.frozen)
 
     # ------------------------------------------------------------ memory options
     def set_grad_checkpointing(self, enable: bool = True) -> None:
