@@ -66,14 +66,14 @@ class ModelConfig:
     """Segmentor built by ``pipa_core.models.build_segmentor``."""
 
     arch: str = "daformer_mit_b5"
-    pretrained: Optional[str] = (
-        None  # ImageNet checkpoint (official mit_b*.pth or HF nvidia/mit-b*)
-    )
+    # ImageNet encoder weights: official mit_b*.pth, HF nvidia/mit-b* or "imagenet" (download).
+    pretrained: Optional[str] = None
     decoder_channels: Optional[int] = None  # None = the architecture's default (256 for DAFormer)
     proj_dim: Optional[int] = None  # embedding size of the projection heads; None = default
-    backbone_prefix: str = (
-        "encoder."  # parameters under it train at lr, the rest at lr*head_lr_mult
-    )
+    # Parameters under this prefix train at optim.lr, the rest at lr * head_lr_mult.
+    backbone_prefix: str = "encoder."
+    hrda_detail_ratio: float = 0.5  # hrda_* archs: detail crop side / context side (512 / 1024)
+    hrda_hr_loss_weight: float = 0.1  # hrda_* archs: weight of the detail-crop CE
 
 
 @dataclass
@@ -462,6 +462,14 @@ def _spcl(c: TrainConfig) -> None:
     c.losses.enabled = ("prototype",)
 
 
+def _hrda(c: TrainConfig) -> None:
+    # PiPa on HRDA (the paper's best setting); the data schedule is set in make_config.
+    _pipa(c)
+    from pipa_core.uda.hrda import hrda_arch
+
+    c.model.arch = hrda_arch(c.model.arch)
+
+
 #: Method recipes: name -> function that switches a config to that method.
 METHODS = {
     "source_only": _source_only,
@@ -471,6 +479,7 @@ METHODS = {
     "pipa": _pipa,
     "pipa_pp": _pipa_pp,
     "spcl": _spcl,
+    "hrda": _hrda,
 }
 
 
@@ -499,9 +508,8 @@ def _synthetic_schedule(c: TrainConfig) -> None:
     c.model.arch = "daformer_mit_b0"
     c.model.decoder_channels = 64
     c.model.proj_dim = 32
-    c.optim.lr = (
-        6e-4  # a tiny model trained from scratch: 10x the fine-tuning lr of a pretrained MiT
-    )
+    # A tiny model trained from scratch: 10x the fine-tuning lr of a pretrained MiT.
+    c.optim.lr = 6e-4
     c.optim.max_iters = 400
     c.optim.warmup_iters = 50
     c.uda.ema_alpha = 0.99  # a ~100-step teacher horizon for a 400-step run
@@ -535,6 +543,10 @@ def make_config(benchmark: str, method: str = "pipa", **sections: Any) -> TrainC
     else:
         _real_schedule(c, benchmark, method)
     METHODS[method](c)
+    if method == "hrda" and benchmark != "synthetic":
+        from pipa_core.uda.hrda import apply_hrda_schedule
+
+        apply_hrda_schedule(c, BENCHMARKS[benchmark])
     if benchmark == "synthetic":
         # No ImageNet weights offline: the frozen "ImageNet" encoder would be random.
         c.uda.fd_lambda = 0.0
@@ -628,8 +640,15 @@ def validate_config(cfg: TrainConfig) -> TrainConfig:
         errs.append(f"data.benchmark={d.benchmark!r} is unknown; valid: {', '.join(BENCHMARKS)}")
     else:
         spec = BENCHMARKS[d.benchmark]
-    if cfg.model.arch not in ARCHS:
-        errs.append(f"model.arch={cfg.model.arch!r} is unknown; valid: {', '.join(ARCHS)}")
+    if cfg.model.arch.removeprefix("hrda_") not in ARCHS:
+        errs.append(
+            f"model.arch={cfg.model.arch!r} is unknown; valid: {', '.join(ARCHS)} "
+            "(each also as hrda_<name> for the HRDA multi-resolution model)"
+        )
+    if not 0 < cfg.model.hrda_detail_ratio <= 1:
+        errs.append(f"model.hrda_detail_ratio={cfg.model.hrda_detail_ratio} must lie in (0, 1]")
+    if not 0 <= cfg.model.hrda_hr_loss_weight < 1:
+        errs.append(f"model.hrda_hr_loss_weight={cfg.model.hrda_hr_loss_weight} must lie in [0, 1)")
     if cfg.model.decoder_channels is not None and cfg.model.decoder_channels < 1:
         errs.append(f"model.decoder_channels={cfg.model.decoder_channels} must be >= 1 or null")
     if cfg.model.proj_dim is not None and cfg.model.proj_dim < 1:
@@ -673,8 +692,9 @@ def validate_config(cfg: TrainConfig) -> TrainConfig:
             )
     if d.rcs_temperature is not None and d.rcs_temperature <= 0:
         errs.append(f"data.rcs_temperature={d.rcs_temperature} must be > 0 (0.01 in DAFormer)")
-    if d.rcs_min_crop_ratio is not None and not 0 <= d.rcs_min_crop_ratio <= 1:
-        errs.append(f"data.rcs_min_crop_ratio={d.rcs_min_crop_ratio} must lie in [0, 1]")
+    if d.rcs_min_crop_ratio is not None and d.rcs_min_crop_ratio < 0:
+        # a crop needs > min_pixels * ratio pixels of the class (DAFormer 0.5, HRDA 2.0)
+        errs.append(f"data.rcs_min_crop_ratio={d.rcs_min_crop_ratio} must be >= 0")
     if d.rcs_min_pixels is not None and d.rcs_min_pixels < 0:
         errs.append(f"data.rcs_min_pixels={d.rcs_min_pixels} must be >= 0")
 

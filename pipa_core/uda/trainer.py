@@ -79,8 +79,10 @@ def resolve_amp(amp: str, device: torch.device) -> Optional[torch.dtype]:
     return {"bf16": torch.bfloat16, "fp16": torch.float16}[amp]
 
 
-def build_networks(cfg: TrainConfig, device: torch.device) -> tuple[nn.Module, Networks]:
+def build_networks(cfg: TrainConfig, spec, device: torch.device) -> tuple[nn.Module, Networks]:
     """Student segmentor, EMA teacher, feature-distance copy and loss modules for ``cfg``.
+
+    ``spec`` is the resolved benchmark (its crop sizes the HRDA detail crop).
 
     Only the projection heads of enabled losses are built, so DDP never sees
     unused parameters. Returns ``(student_module, Networks)`` (student not yet wrapped).
@@ -92,7 +94,7 @@ def build_networks(cfg: TrainConfig, device: torch.device) -> tuple[nn.Module, N
         PrototypeContrastLoss,
         TemporalContrastLoss,
     )
-    from pipa_core.models import build_segmentor
+    from pipa_core.uda.hrda import build_student
 
     m, lc = cfg.model, cfg.losses
     heads = tuple(n for n in ("pixel", "patch", "temporal") if n in lc.enabled)
@@ -101,7 +103,10 @@ def build_networks(cfg: TrainConfig, device: torch.device) -> tuple[nn.Module, N
         kwargs["proj_dim"] = m.proj_dim
     if m.decoder_channels is not None:
         kwargs["decoder_channels"] = m.decoder_channels
-    student = build_segmentor(m.arch, num_classes=19, pretrained=m.pretrained, **kwargs).to(device)
+    student = build_student(
+        m.arch, spec.crop_size, m.hrda_detail_ratio, m.hrda_hr_loss_weight,
+        num_classes=19, pretrained=m.pretrained, **kwargs,
+    ).to(device)  # fmt: skip
     proj_dim = m.proj_dim or 256
 
     def bank(size: int, classes: int) -> Optional[ClassMemoryBank]:
@@ -160,7 +165,7 @@ class Trainer:
 
         # Same initial weights on every rank: build under the base seed, then reseed per rank.
         seed_everything(r.seed)
-        self.student, self.nets = build_networks(cfg, self.device)
+        self.student, self.nets = build_networks(cfg, self.spec, self.device)
         seed_everything(r.seed + 1000 * self.info.rank)
         self.nets.student = wrap_model(self.student, self.info, r.sync_bn, r.find_unused_parameters)
         if r.compile:
