@@ -31,3 +31,8 @@ test: lint
 format: $(STAMP)
 	$(VENV)/bin/ruff format .
 	$(VENV)/bin/ruff check --fix .
+
+# Speed / memory benchmarks (docs/performance.md): results in benchmarks/results/, summary.md.
+.PHONY: bench
+bench: $(STAMP)
+	$(PY) benchmarks/run_all.py

@@ -254,7 +254,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     p.add_argument("--device", default=bu.default_device(), help="pin_memory target / result name")
     p.add_argument("--smoke", action="store_true", help="small images, few batches (tests)")
     p.add_argument("--images", type=int, default=None, help="fixture images per domain (8)")
-    p.add_argument("--workers", default="0,1,2", help="comma-separated num_workers values")
+    p.add_argument("--workers", default=None, help="comma-separated num_workers (0,1,2; smoke 0,1)")
     p.add_argument("--batches", type=int, default=None, help="timed batches per setting (10)")
     p.add_argument("--batch-size", type=int, default=2)
     p.add_argument("--repeats", type=int, default=None, help="per-stage repeats (5)")
@@ -267,7 +267,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     device = bu.parse_device(args.device)
     bu.set_threads(args.threads, device)
     try:
-        workers = [int(w) for w in args.workers.split(",")]
+        workers = [int(w) for w in (args.workers or ("0,1" if args.smoke else "0,1,2")).split(",")]
     except ValueError:
         raise SystemExit(
             f"--workers must be comma-separated integers, got {args.workers!r}"

@@ -1,0 +1,157 @@
+"""The benchmark suite in --smoke mode: every script runs and writes its JSON and markdown.
+
+Timing values are never asserted (they depend on the machine); the tests check
+that each script measures what it claims (phases, modes, worker counts), that
+the numbers are well-formed, and that the engine is left un-instrumented.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+def _load(name: str):
+    spec = importlib.util.spec_from_file_location(f"_test_{name}", BENCH / f"{name}.py")
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = mod  # dataclasses look their module up there
+    sys.path.insert(0, str(BENCH))
+    spec.loader.exec_module(mod)
+    return mod
+
+
+@pytest.fixture(scope="module")
+def results(tmp_path_factory) -> Path:
+    """Run the whole suite once, in-process, at smoke sizes."""
+    out = tmp_path_factory.mktemp("bench")
+    assert (
+        _load("run_all").main(["--smoke", "--in-process", "--device", "cpu", "--out", str(out)])
+        == 0
+    )
+    return out
+
+
+def _json(out: Path, stem: str) -> dict:
+    return json.loads((out / f"{stem}_cpu.json").read_text())
+
+
+def _check_meta(meta: dict) -> None:
+    for key in ("date_utc", "command", "cpu_model", "cpu_cores", "torch", "device"):
+        assert meta[key] not in (None, ""), key
+    assert meta["device"] == "cpu" and meta["gpu_name"] is None
+
+
+def test_train_step_phases_and_ablation(results):
+    res = _json(results, "train_step")
+    _check_meta(res["meta"])
+    (r,) = res["results"]
+    assert r["name"] == "quickstart" and r["losses"] == ["pixel", "patch"] and r["reduced"]
+    ph = r["phases"]
+    expected = {
+        "teacher_forward", "pseudo_label", "classmix", "strong_augment",
+        "student_forward_source", "cross_entropy_source", "student_forward_mixed",
+        "cross_entropy_mixed", "pixel_projection", "pixel_loss", "patch_sampling",
+        "student_forward_patch_crops", "patch_projection", "patch_loss", "backward_total",
+        "backward_to_student_source", "backward_to_student_mixed",
+        "backward_to_student_patch_crops", "grad_norm_and_checks", "optimizer_step",
+        "ema_update", "step_total_instrumented",
+    }  # fmt: skip
+    assert expected <= set(ph)
+    assert all(v["ms"] >= 0 for v in ph.values())
+    # the backward intervals partition the measured backward pass
+    parts = sum(
+        v["ms"] for k, v in ph.items() if k.startswith("backward_") and k != "backward_total"
+    )
+    assert parts == pytest.approx(ph["backward_total"]["ms"], rel=0.02, abs=0.5)
+    # phases are parts of the instrumented step
+    top = [
+        k
+        for k in ph
+        if not k.startswith("backward_to") and k not in ("backward_rest", "step_total_instrumented")
+    ]
+    assert sum(ph[k]["ms"] for k in top) <= ph["step_total_instrumented"]["ms"] * 1.01 + 1
+    assert r["step"]["median_ms"] > 0 and r["step"]["n"] == 1
+    base = r["ablation"]["without_contrastive"]
+    assert base["losses"] == [] and base["median_ms"] > 0
+    assert r["contrastive_overhead_pct"] == base["overhead_pct"]
+    md = (results / "train_step_cpu.md").read_text()
+    assert (
+        "## Phases: quickstart" in md
+        and "| teacher_forward |" in md
+        and res["meta"]["command"] in md
+    )
+
+
+def test_train_step_probe_restores_the_engine(results):
+    import pipa_core.losses as losses_pkg
+    from pipa_core.uda import mixing, pseudo_label, step
+
+    assert step.make_pseudo_label is pseudo_label.make_pseudo_label
+    assert step.mix_batch is mixing.mix_batch and step.strong_augment is mixing.strong_augment
+    assert losses_pkg.sample_patch_pair.__module__ == "pipa_core.losses.patch"
+
+
+def test_inference_modes(results):
+    res = _json(results, "inference")
+    _check_meta(res["meta"])
+    modes = {r["mode"]: r for r in res["results"]}
+    assert set(modes) == {"whole", "slide"}
+    assert all(r["images_per_s"] > 0 and r["median_ms"] >= 0 for r in modes.values())
+    assert modes["slide"]["crop_size"] == [64, 64] and modes["slide"]["stride"] == [42, 42]
+    assert (
+        "| quickstart | daformer_mit_b0 | 64x128 | slide |"
+        in (results / "inference_cpu.md").read_text()
+    )
+
+
+def test_data_loader_and_stages(results):
+    res = _json(results, "data")
+    _check_meta(res["meta"])
+    r = res["results"]
+    assert [x["num_workers"] for x in r["loader"]] == [0, 1]
+    assert all(x["samples_per_s"] > 0 for x in r["loader"])
+    stages = {s["stage"] for s in r["stages"]}
+    assert {
+        "decode PNG image",
+        "decode JPEG image (q95)",
+        "cat-max-ratio crop",
+        "photometric distortion",
+    } <= stages
+    assert all(s["median_ms"] >= 0 for s in r["stages"])
+    # compared with the train-step result written just before by the suite
+    assert r["step"]["source"].startswith("train_step_cpu.json")
+    assert r["required_samples_per_s"] == pytest.approx(3 * r["consumed_samples_per_s"], rel=1e-2)
+    assert set(r["meets_3x_target"]) == {"0", "1"}
+    assert "## Per-stage cost" in (results / "data_cpu.md").read_text()
+
+
+def test_summary_lists_every_benchmark_and_the_targets(results):
+    assert json.loads((results / "losses_cpu.json").read_text())["results"]
+    md = (results / "summary.md").read_text()
+    for header in (
+        "## Training step",
+        "## Contrastive losses",
+        "## Inference",
+        "## Data loading",
+        "## Targets",
+    ):
+        assert header in md
+    assert "not measured here (needs a GPU)" in md and "Missing results" not in md
+
+
+def test_bad_arguments_give_clear_errors(tmp_path):
+    bts = _load("bench_train_step")
+    with pytest.raises(SystemExit, match="unknown configuration 'nope'; valid: quickstart"):
+        bts.main(["--smoke", "--models", "nope", "--device", "cpu", "--out", str(tmp_path)])
+    bd = _load("bench_data")
+    with pytest.raises(SystemExit, match="comma-separated integers"):
+        bd.main(["--smoke", "--workers", "zero", "--device", "cpu", "--out", str(tmp_path)])
+    ra = _load("run_all")
+    with pytest.raises(SystemExit, match="unknown benchmark 'speed'"):
+        ra.main(["--only", "speed", "--device", "cpu", "--out", str(tmp_path)])
