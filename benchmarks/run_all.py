@@ -9,7 +9,8 @@ Usage::
     make bench                                   # the same as the first line
 
 Order: training step (its time is the reference of the data benchmark), the
-contrastive losses (``bench_losses.py``), inference, data loading. Each script
+contrastive losses (``bench_losses.py``), inference, data loading, and the
+engine's per-step helper operations (``bench_engine_ops.py``). Each script
 runs in its own process so that peak-memory figures do not leak between them
 (``--in-process`` runs them in this interpreter instead; the tests use it).
 The summary collects the headline figures of every ``*_<device>.json`` found in
@@ -30,12 +31,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import benchutil as bu  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
-ORDER = ("train_step", "losses", "inference", "data")
+ORDER = ("train_step", "losses", "inference", "data", "engine_ops")
 SCRIPTS = {
     "train_step": "bench_train_step.py",
     "losses": "bench_losses.py",
     "inference": "bench_inference.py",
     "data": "bench_data.py",
+    "engine_ops": "bench_engine_ops.py",
 }
 
 #: The targets of the performance issue: (what, threshold, where it is measured).
@@ -166,6 +168,15 @@ def _data_section(res: dict) -> list[str]:
     return lines
 
 
+def _engine_ops_section(res: dict) -> list[str]:
+    rows = [[r["op"], r["size"], r["median_ms"]] for r in res["results"]]
+    return [
+        f"## Engine helper operations (`engine_ops_{res['meta']['device']}.md`)",
+        "",
+        bu.markdown_table(["op", "size", "median ms"], rows),
+    ]
+
+
 def _targets_section(device: str, train: Optional[dict], data: Optional[dict]) -> list[str]:
     rows = []
     for what, thr, where in TARGETS:
@@ -196,6 +207,7 @@ def write_summary(out: Path, device: str) -> Path:
     losses = _load(out, "losses", device)
     inference = _load(out, "inference", device)
     data = _load(out, "data", device)
+    ops = _load(out, "engine_ops", device)
     meta = next((r["meta"] for r in (train, inference, data) if r), None)
     lines = [f"# Benchmark summary ({device})", ""]
     if meta:
@@ -206,12 +218,13 @@ def write_summary(out: Path, device: str) -> Path:
         (losses, lambda r: _losses_section(r, device)),
         (inference, _inference_section),
         (data, _data_section),
+        (ops, _engine_ops_section),
     ]
     for res, fn in sections:
         if res is not None:
             lines += fn(res) + [""]
     lines += _targets_section(device, train, data)
-    missing = [s for s, r in zip(ORDER, (train, losses, inference, data)) if r is None]
+    missing = [s for s, r in zip(ORDER, (train, losses, inference, data, ops)) if r is None]
     if missing:
         lines += ["", f"Missing results (not run yet): {', '.join(missing)}."]
     path = out / "summary.md"

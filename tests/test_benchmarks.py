@@ -131,6 +131,15 @@ def test_data_loader_and_stages(results):
     assert "## Per-stage cost" in (results / "data_cpu.md").read_text()
 
 
+def test_engine_ops(results):
+    res = _json(results, "engine_ops")
+    _check_meta(res["meta"])
+    ops = {r["op"]: r for r in res["results"]}
+    assert set(ops) == {"gaussian_blur", "color_jitter", "ema_update", "optimizer_step"}
+    assert "kernel 9" in ops["gaussian_blur"]["size"]  # 64-pixel crop: 2 * ceil(3.2) + 1
+    assert all(r["median_ms"] >= 0 for r in ops.values())
+
+
 def test_summary_lists_every_benchmark_and_the_targets(results):
     assert json.loads((results / "losses_cpu.json").read_text())["results"]
     md = (results / "summary.md").read_text()
