@@ -77,13 +77,21 @@ def box_iou_same_size(box1: torch.Tensor, box2: torch.Tensor, c: int) -> torch.T
     return inter.double() / (2 * c * c - inter).double()
 
 
+def _gen_device(generator: torch.Generator | None) -> torch.device | None:
+    # draw on the generator's own device (a CUDA generator cannot fill CPU tensors)
+    return generator.device if generator is not None else None
+
+
 def _uniform(generator: torch.Generator | None, lo: float, hi: float) -> float:
-    return lo + (hi - lo) * float(torch.rand((), generator=generator))
+    return lo + (hi - lo) * float(
+        torch.rand((), generator=generator, device=_gen_device(generator))
+    )
 
 
 def _randint(generator: torch.Generator | None, lo: int, hi: int, size=()) -> torch.Tensor:
-    """Integers uniform in [lo, hi] (inclusive)."""
-    return torch.randint(lo, hi + 1, size, generator=generator)
+    """Integers uniform in [lo, hi] (inclusive), on the CPU."""
+    dev = _gen_device(generator)
+    return torch.randint(lo, hi + 1, size, generator=generator, device=dev).cpu()
 
 
 def _second_box(
@@ -147,7 +155,7 @@ def sample_patch_pair(
         scale_range: random rescale ratio range (paper: [0.5, 2]).
         iou_range: IoU range of the two boxes (paper: [0.1, 1]).
         flip: random horizontal flip of each crop (p = 0.5).
-        generator: CPU ``torch.Generator`` for reproducibility.
+        generator: ``torch.Generator`` (any device) for reproducibility.
         align: box origins are multiples of ``align`` (pass the output stride to
             make every overlap cell match exactly, i.e. ``d = 0``).
         max_tries: rejection-sampling candidates per image before the fallback.
@@ -176,8 +184,8 @@ def sample_patch_pair(
         y1 = int(_randint(generator, 0, (hh - c) // align)) * align
         x1 = int(_randint(generator, 0, (ww - c) // align)) * align
         y2, x2 = _second_box(y1, x1, hh, ww, c, iou_range, align, max_tries, generator)
-        f1 = bool(flip) and bool(torch.rand((), generator=generator) < 0.5)
-        f2 = bool(flip) and bool(torch.rand((), generator=generator) < 0.5)
+        f1 = bool(flip) and _uniform(generator, 0.0, 1.0) < 0.5
+        f2 = bool(flip) and _uniform(generator, 0.0, 1.0) < 0.5
         p1 = im[0, :, y1 : y1 + c, x1 : x1 + c]
         p2 = im[0, :, y2 : y2 + c, x2 : x2 + c]
         crops1.append(p1.flip(-1) if f1 else p1)
