@@ -70,15 +70,15 @@ benchmark that ships with `pipa_core` (no download):
 4. look at predictions;
 5. (optional) the full comparison table: oracle, source-only, DACS and PiPa over 3 seeds.
 
-Numbers on this toy benchmark are *not* the paper's numbers (see `evaluate.ipynb`
-for those); what matters is the ordering source-only < DACS <= PiPa < oracle.
+Numbers on this toy benchmark are *not* the paper's numbers (`evaluate.ipynb`
+puts those beside yours on the real benchmarks); compare the ordering of the
+methods with the papers' (source-only < self-training < PiPa < oracle).
 """),
     params("""
 data_root = "data"  # the synthetic benchmark is generated in <data_root>/synthetic
-out_dir = "runs/quickstart"  # run directories and quickstart.json go here
+out_dir = "runs/quickstart"  # runs (<method>/seed<k>), results.md and quickstart.json go here
 figures_dir = "figures"  # figures: quickstart_*.png and dataset_card.png
-max_iters = None  # training iterations per run; None: the preset schedule (400)
-eval_max_samples = None  # evaluate on the first N target val images; None: all
+overrides = []  # settings for every run, e.g. ["optim.max_iters=100"] (default: the preset)
 seeds = [0, 1, 2]  # seeds of the full comparison table
 run_table = True  # also run the full table (oracle / source-only / DACS / PiPa x seeds)
 n_examples = 3  # rows of the qualitative grid
@@ -123,15 +123,12 @@ $$\mathcal{L}_{patch} = -\sum_{p\in O}\log\frac{r(e^1_p,e^2_p)}{r(e^1_p,e^2_p)+\
 Total: $\mathcal{L} = \mathcal{L}^S_{ce} + \mathcal{L}^T_{ce} + \alpha\mathcal{L}_{pixel} + \beta\mathcal{L}_{patch}$, $\alpha=\beta=0.1$.
 """),
     code("""
-from pipa_core.eval.runs import make_run_config
 from pipa_core.uda import train
+from pipa_core.uda.experiments import quickstart_config
 
 runs = {}
 for method in ("source_only", "pipa"):
-    cfg = make_run_config(
-        "synthetic", method, seed=0, max_iters=max_iters, data_root=data_root,
-        run_dir=Path(out_dir) / f"synthetic_{method}_s0", eval_max_samples=eval_max_samples,
-    )
+    cfg = quickstart_config(method, seed=0, out_dir=out_dir, data_root=data_root, overrides=overrides)
     runs[method] = train(cfg)
     print(f"{method}: mIoU {runs[method]['mIoU']:.1f} after {runs[method]['iterations']} iterations")
 """),
@@ -187,8 +184,9 @@ save_figure(fig, Path(figures_dir) / "quickstart_predictions.png")
 
 `run_quickstart_table` trains the oracle (target labels: the upper bound),
 source-only, DACS (self-training + ClassMix) and PiPa for every seed, and
-reports mean ± std of the target mIoU. It reuses finished runs, so it can be
-interrupted and restarted.
+reports mean ± std of the target mIoU and the fraction of the domain gap
+(oracle − source-only) each method closes. It reuses finished runs with the
+same configuration (the two above included), so it can be interrupted and restarted.
 """),
     code("""
 from pipa_core.io import atomic_write_json
@@ -198,11 +196,10 @@ if run_table:
     from pipa_core.uda.experiments import run_quickstart_table
 
     table = run_quickstart_table(
-        data_root=data_root, out_dir=out_dir, seeds=seeds, max_iters=max_iters,
-        eval_max_samples=eval_max_samples,
+        seeds=seeds, out_dir=out_dir, data_root=data_root, overrides=overrides
     )
-    display(Markdown(table["markdown"]) if "markdown" in table else table)
-    summary["table"] = table
+    display(Markdown(table["markdown"]))
+    summary["table"] = {k: v for k, v in table.items() if k != "markdown"}
 atomic_write_json(Path(out_dir) / "quickstart.json", summary)
 print("wrote", Path(out_dir) / "quickstart.json")
 """),
@@ -317,7 +314,7 @@ next to the published numbers where the benchmark matches, the confusion
 matrix, a qualitative grid and an interactive browser.
 """),
     params("""
-run = "runs/quickstart/synthetic_pipa_s0"  # run directory (or checkpoints/*.pt) to evaluate
+run = "runs/quickstart/pipa/seed0"  # run directory (or checkpoints/*.pt) to evaluate
 which = "student"  # "student" or "teacher" (EMA) weights
 benchmark = None  # None: the run's benchmark
 data_root = "data"  # where the datasets live
@@ -504,8 +501,8 @@ Read clusters, not distances between clusters.
 """),
     params("""
 runs = {
-    "source-only": "runs/quickstart/synthetic_source_only_s0",
-    "PiPa": "runs/quickstart/synthetic_pipa_s0",
+    "source-only": "runs/quickstart/source_only/seed0",
+    "PiPa": "runs/quickstart/pipa/seed0",
 }  # panel title -> run directory (default: the quickstart's runs)
 which = "student"  # "student" or "teacher" weights
 embedding = "feat"  # "feat" (decoder) or a projection head: "pixel", "patch", "temporal"
@@ -578,8 +575,8 @@ classes (docs/analysis.md). SPCL uses 1000 source + 1000 target images.
 """),
     params("""
 runs = {
-    "source-only": "runs/quickstart/synthetic_source_only_s0",
-    "PiPa": "runs/quickstart/synthetic_pipa_s0",
+    "source-only": "runs/quickstart/source_only/seed0",
+    "PiPa": "runs/quickstart/pipa/seed0",
 }  # bar label -> run directory (default: the quickstart's runs)
 which = "student"  # "student" or "teacher" weights
 embedding = "feat"  # "feat" (decoder) or a projection head: "pixel", "patch", "temporal"

@@ -161,3 +161,27 @@ def test_ablation_notebook_runs_train_notebook_per_setting(data_root, tmp_path):
     executed = sorted((tmp_path / "abl").glob("*/train.ipynb"))
     assert len(executed) == 2
     assert (tmp_path / "abl" / "ablation.png").stat().st_size > 0
+
+
+@pytest.mark.slow
+def test_quickstart_command_runs_the_notebook(data_root, tmp_path, monkeypatch):
+    from pipa_core.quickstart import main
+
+    monkeypatch.chdir(tmp_path)
+    # --data-root may name the synthetic cache itself (the command's former meaning)
+    summary = main(
+        ["--data-root", str(data_root / "synthetic"), "--seeds", "0", "--max-iters", "2",
+         "--eval-max-samples", "2"]
+    )  # fmt: skip
+    assert set(summary["runs"]) == {"source_only", "pipa"}
+    rows = {r["method"]: r for r in summary["table"]["rows"]}
+    assert set(rows) == {"source_only", "oracle", "dacs", "pipa"}
+    assert all(r["iterations"] == 2 and len(r["miou"]) == 1 for r in rows.values())
+    # the table reused the two runs the notebook trained first
+    assert rows["pipa"]["miou"][0] == pytest.approx(summary["runs"]["pipa"]["mIoU"])
+    out = tmp_path / "runs" / "quickstart"
+    assert (out / "results.md").is_file() and (out / "quickstart.ipynb").is_file()
+    for f in ("dataset_card.png", "quickstart_per_class.png", "quickstart_predictions.png"):
+        assert (tmp_path / "figures" / f).stat().st_size > 0
+    executed = nbformat.read(out / "quickstart.ipynb", as_version=4)
+    assert _outputs(executed, "image/png")

@@ -186,11 +186,11 @@ def ccd_barplot(
     )
     long = long[np.isfinite(long["CCD"])]
     fig, ax = plt.subplots(
-        figsize=(max(6.0, 0.55 * table.shape[1] * max(1, len(table)) ** 0.5 + 2), 3.6)
+        figsize=(max(6.0, 0.4 * table.shape[1] * max(1, len(table)) ** 0.5 + 2), 3.6)
     )
     sns.barplot(data=long, x="class", y="CCD", hue="model", ax=ax, palette="deep")
     ax.set_xlabel("")
-    ax.set_ylabel("class center distance (lower = more discriminative)")
+    ax.set_ylabel("CCD (lower is better)")
     ax.tick_params(axis="x", rotation=60, labelsize=8)
     if log:
         ax.set_yscale("log")
