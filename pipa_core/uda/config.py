@@ -45,12 +45,13 @@ class ConfigError(ValueError):
 class DataConfig:
     """Datasets and loading. ``None`` fields take the benchmark's default."""
 
-    benchmark: str = "synthetic"
+    benchmark: str = "synthetic"  # a name of pipa_core.data.benchmarks.BENCHMARKS
     data_root: str = "data"  # dataset roots are relative to it (data/README.md)
     crop_size: Optional[Tuple[int, int]] = None  # (H, W) training crop
     source_scale: Optional[Tuple[int, int]] = None  # (H, W) resize of every source before cropping
     target_scale: Optional[Tuple[int, int]] = None  # (H, W) resize of target train and val images
     batch_size: int = 2  # per domain (2 source + 2 target) and per process
+    # DataLoader worker processes (items are seeded per index: results do not depend on it)
     num_workers: int = 4
     rcs: Optional[bool] = None  # rare class sampling (DAFormer)
     rcs_temperature: Optional[float] = None  # None = the benchmark's (DAFormer: 0.01)
@@ -65,7 +66,7 @@ class DataConfig:
 class ModelConfig:
     """Segmentor built by ``pipa_core.models.build_segmentor``."""
 
-    arch: str = "daformer_mit_b5"
+    arch: str = "daformer_mit_b5"  # pipa_core.models.ARCHS name, or hrda_<name> for HRDA
     # ImageNet encoder weights: official mit_b*.pth, HF nvidia/mit-b* or "imagenet" (download).
     pretrained: Optional[str] = None
     decoder_channels: Optional[int] = None  # None = the architecture's default (256 for DAFormer)
@@ -80,15 +81,15 @@ class ModelConfig:
 class OptimConfig:
     """AdamW + linear warmup + poly decay (DAFormer)."""
 
-    lr: float = 6e-5
-    head_lr_mult: float = 10.0
-    weight_decay: float = 0.01
-    betas: Tuple[float, float] = (0.9, 0.999)
-    max_iters: int = 40000
-    warmup_iters: int = 1500
-    warmup_ratio: float = 1e-6
-    poly_power: float = 1.0
-    min_lr_ratio: float = 0.0
+    lr: float = 6e-5  # AdamW learning rate of the encoder
+    head_lr_mult: float = 10.0  # decoder / classifier / projection heads train at lr x this
+    weight_decay: float = 0.01  # AdamW weight decay (0 for norm layers and positional blocks)
+    betas: Tuple[float, float] = (0.9, 0.999)  # AdamW betas
+    max_iters: int = 40000  # training iterations (DAFormer 40k, PiPa 60k)
+    warmup_iters: int = 1500  # linear warmup iterations
+    warmup_ratio: float = 1e-6  # warmup starts at lr x this
+    poly_power: float = 1.0  # poly decay (1 - it / max_iters) ** power after warmup
+    min_lr_ratio: float = 0.0  # the poly decay ends at lr x this
     grad_clip: Optional[float] = None  # max gradient norm; None = no clipping
 
 
@@ -96,21 +97,23 @@ class OptimConfig:
 class UDAConfig:
     """Self-training (mean teacher, pseudo-labels, ClassMix) and the DAFormer extras."""
 
-    mode: str = "self_training"
-    ema_alpha: float = 0.999
+    mode: str = "self_training"  # self_training | source_only | oracle
+    ema_alpha: float = 0.999  # teacher EMA decay; min(1 - 1/(it + 1), ema_alpha) early on
+    # confidence a pseudo-label needs to count in the confident fraction
     pseudo_threshold: float = 0.968
     pseudo_weight_per_image: bool = False  # DAFormer: one confident fraction per batch
     # Rows of the target crop whose pseudo-label weight is 0; None = the benchmark's
     # value (DAFormer's 15 / 120 for Cityscapes targets at 512 rows, scaled to the crop).
     pseudo_crop_top: Optional[int] = None
-    pseudo_crop_bottom: Optional[int] = None
+    pseudo_crop_bottom: Optional[int] = None  # see pseudo_crop_top
     mix: str = "classmix"  # "classmix" or "none" (plain pseudo-labelling of target images)
-    color_jitter_s: float = 0.2
-    color_jitter_p: float = 0.2
-    blur: bool = True
+    color_jitter_s: float = 0.2  # strength of the colour jitter on mixed images
+    color_jitter_p: float = 0.2  # DACS convention: jitter when u > p, i.e. with probability 1 - p
+    blur: bool = True  # Gaussian blur (p = 0.5, sigma in [0.15, 1.15]) on mixed images
     fd_lambda: float = 0.0  # ImageNet feature distance weight (0.005 in DAFormer); 0 = off
+    # thing classes whose features are pulled to ImageNet's
     fd_classes: Tuple[int, ...] = THING_CLASSES
-    fd_min_ratio: float = 0.75
+    fd_min_ratio: float = 0.75  # min-ratio rule of the label downsampled to the feature map
 
 
 @dataclass
@@ -118,7 +121,7 @@ class PixelLossConfig:
     """Pixel-wise contrast (PiPa eq. 4) on source labels (and optionally target pseudo-labels)."""
 
     weight: float = 0.1  # α
-    temperature: float = 0.1
+    temperature: float = 0.1  # tau of r(a, b) = exp(cos(a, b) / tau)
     use_target: bool = False  # also confident pixels of the mixed target image (pseudo-labels)
     max_anchors: int = 1024  # anchors per call (official max_samples)
     max_views: int = 100  # anchors per (image, class)
@@ -130,10 +133,11 @@ class PatchLossConfig:
     """Patch-wise contrast (PiPa eq. 5) on two overlapping crops of the target image."""
 
     weight: float = 0.1  # β
-    temperature: float = 0.1
+    temperature: float = 0.1  # tau
     crop_size: Optional[int] = None  # side of the two patches; None = 9/8 of the crop (720 for 640)
+    # Random rescale of the target image before cropping.
     scale_range: Tuple[float, float] = (0.5, 2.0)
-    iou_range: Tuple[float, float] = (0.1, 1.0)
+    iou_range: Tuple[float, float] = (0.1, 1.0)  # IoU of the two patches
     max_locations: int = 1024  # matched locations kept per step
     num_negatives: int = 3200  # extra negatives from both patches of the batch
     memory_size: int = 0  # queue of past negatives; 0 = off
@@ -143,19 +147,19 @@ class PatchLossConfig:
 class TemporalLossConfig:
     """PiPa++ temporal contrast between a key frame and a reference frame (video benchmarks)."""
 
-    weight: float = 0.1
-    temperature: float = 0.1
-    max_locations: int = 1024
-    num_negatives: int = 3200
-    memory_size: int = 0
+    weight: float = 0.1  # weight of the temporal loss
+    temperature: float = 0.1  # tau
+    max_locations: int = 1024  # locations sampled per step
+    num_negatives: int = 3200  # extra negatives from both frames
+    memory_size: int = 0  # queue of past negatives; 0 = off
 
 
 @dataclass
 class PrototypeLossConfig:
     """SPCL prototype contrast (class prototypes, moving average λ)."""
 
-    weight: float = 0.1
-    temperature: float = 0.1
+    weight: float = 0.1  # weight of the prototype loss
+    temperature: float = 0.1  # tau
     momentum: float = 0.1  # λ in p_c ← λ·p_c + (1 − λ)·mean_c; 1 keeps prototypes fixed
     use_target: bool = True  # target pixels with class-wise thresholded pseudo-labels
     max_pixels: Optional[int] = 4096  # query pixels per call (None = all)
@@ -165,7 +169,7 @@ class PrototypeLossConfig:
 class LossConfig:
     """The self-supervised losses added to the cross-entropy terms."""
 
-    enabled: Tuple[str, ...] = ()
+    enabled: Tuple[str, ...] = ()  # any of pixel, patch, temporal, prototype
     pixel: PixelLossConfig = field(default_factory=PixelLossConfig)
     patch: PatchLossConfig = field(default_factory=PatchLossConfig)
     temporal: TemporalLossConfig = field(default_factory=TemporalLossConfig)
@@ -180,9 +184,9 @@ class EvalConfig:
     mode: str = "whole"  # "whole" image or "slide" window inference
     crop_size: Optional[Tuple[int, int]] = None  # slide window (H, W); None = training crop
     stride: Optional[Tuple[int, int]] = None  # slide stride; None = 2/3 of the window
-    flip: bool = False
+    flip: bool = False  # average with the horizontally flipped prediction
     protocols: Optional[Tuple[str, ...]] = None  # None = the benchmark's protocols
-    batch_size: int = 1
+    batch_size: int = 1  # validation batch size
     max_samples: Optional[int] = None  # evaluate only the first N val images (None = all)
 
 
@@ -191,17 +195,17 @@ class RuntimeConfig:
     """Where and how the run executes, logs and checkpoints."""
 
     run_dir: Optional[str] = None  # None = runs/<name>
-    seed: int = 0
-    device: str = "auto"
+    seed: int = 0  # base seed (model init, data order, augmentation; + rank offsets under DDP)
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
     amp: str = "auto"  # auto: bf16 if supported, else fp16 + GradScaler on CUDA; off on CPU
-    channels_last: bool = False
-    compile: bool = False
+    channels_last: bool = False  # NHWC memory format (faster convolutions on recent GPUs)
+    compile: bool = False  # torch.compile the student
     deterministic: bool = False  # torch.use_deterministic_algorithms (slower on GPU)
-    log_interval: int = 50
+    log_interval: int = 50  # iterations between metrics.jsonl / TensorBoard rows
     checkpoint_interval: int = 2000  # latest.pt every N iterations
     keep_checkpoint_interval: int = 10000  # also keep iter_N.pt every N iterations (0 = never)
     image_interval: int = 2000  # PNG grid of source/target/pseudo-label/mix every N (0 = never)
-    tensorboard: bool = True
+    tensorboard: bool = True  # write TensorBoard scalars to run_dir/tb
     progress: bool = True  # tqdm progress bar
     max_nonfinite: int = 5  # consecutive non-finite losses before the run stops
     find_unused_parameters: bool = False  # DDP; needed only for custom heads used conditionally
@@ -506,7 +510,7 @@ def _synthetic_schedule(c: TrainConfig) -> None:
     c.data.batch_size = 2
     c.data.num_workers = 0
     c.model.arch = "daformer_mit_b0"
-    c.model.decoder_channels = 64
+    c.model.decoder_channels = 32  # the DAFormer head dominates the cost at 64 (x2 per step)
     c.model.proj_dim = 32
     # A tiny model trained from scratch: 10x the fine-tuning lr of a pretrained MiT.
     c.optim.lr = 6e-4

@@ -1,0 +1,81 @@
+"""The quickstart results table: aggregation over seeds, gap closed, reuse of finished runs."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+import pipa_core.uda.trainer as trainer_mod
+from pipa_core.data.synthetic import ensure_synthetic
+from pipa_core.uda.experiments import run_quickstart_table, summarize_runs, to_markdown
+
+
+def _result(miou: float, seed: int) -> dict:
+    return {
+        "seed": seed,
+        "iterations": 10,
+        "train_seconds": 60.0,
+        "eval": {"protocols": {"cs19": {"mIoU": miou}}},
+    }
+
+
+def test_summary_mean_std_and_gap_closed():
+    table = summarize_runs(
+        {
+            "source_only": [_result(10, 0), _result(14, 1)],
+            "oracle": [_result(50, 0), _result(50, 1)],
+            "pipa": [_result(20, 0), _result(24, 1)],
+        }
+    )
+    rows = {r["method"]: r for r in table["rows"]}
+    assert table["domain_gap"] == pytest.approx(38.0)
+    assert rows["source_only"]["mean"] == 12 and rows["source_only"]["std"] == pytest.approx(
+        2**0.5 * 2
+    )
+    assert rows["pipa"]["gap_closed"] == pytest.approx((22 - 12) / 38)
+    assert rows["oracle"]["gap_closed"] == pytest.approx(1.0)
+    md = to_markdown(table)
+    assert "| Self-training + PiPa | 22.0 ± 2.8 | 20.0, 24.0 | 26 % | 10 | 1.0 |" in md
+    assert "Domain gap (oracle − source only): 38.0" in md
+    # no oracle: no gap
+    assert summarize_runs({"pipa": [_result(20, 0)]})["rows"][0]["gap_closed"] is None
+
+
+def test_quickstart_table_end_to_end_and_reuse(tmp_path, monkeypatch):
+    ensure_synthetic(tmp_path / "data" / "synthetic", size="tiny")
+    overrides = [
+        "data.synthetic_size=tiny",
+        "model.decoder_channels=16",
+        "model.proj_dim=8",
+        "optim.max_iters=2",
+        "runtime.num_threads=1",
+        "runtime.tensorboard=false",
+        "eval.max_samples=2",
+    ]
+    kw = dict(
+        methods=("source_only", "oracle"),
+        seeds=(0, 1),
+        out_dir=tmp_path / "qs",
+        data_root=str(tmp_path / "data"),
+        overrides=overrides,
+        progress=False,
+    )
+    table = run_quickstart_table(**kw)
+    assert [r["method"] for r in table["rows"]] == ["source_only", "oracle"]
+    assert all(len(r["miou"]) == 2 for r in table["rows"])
+    saved = json.loads((tmp_path / "qs" / "results.json").read_text())
+    assert saved["domain_gap"] == pytest.approx(table["domain_gap"])
+    assert (tmp_path / "qs" / "results.md").read_text() == table["markdown"]
+    assert (tmp_path / "qs" / "oracle" / "seed1" / "result.json").is_file()
+
+    # A second call reuses the finished runs: training is never called.
+    def no_training(cfg):
+        raise AssertionError(f"{cfg.name} was trained again")
+
+    monkeypatch.setattr(trainer_mod, "train", no_training)
+    again = run_quickstart_table(**kw)
+    assert [r["miou"] for r in again["rows"]] == [r["miou"] for r in table["rows"]]
+    # A changed configuration is not reused.
+    with pytest.raises(AssertionError, match="trained again"):
+        run_quickstart_table(**{**kw, "overrides": [*overrides, "optim.lr=1e-3"]})
