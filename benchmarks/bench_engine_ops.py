@@ -16,8 +16,11 @@ engine as it is then):
 * ``optimizer_step``: ``AdamW.step`` of the optimizer built by
   ``pipa_core.uda.optim.build_optimizer`` (the trainer's), with random gradients.
 
-Medians of ``--repeats`` calls after one warm-up; ``--name`` sets the file stem
-(``engine_ops_<device>``) so that a before and an after run can sit side by side.
+Where the engine was optimised, a *reference* row times the previous
+implementation (the 2-D blur kernel; torch's default AdamW) in the same run,
+calls interleaved with the engine's, so that before/after is measured under the
+same machine load. Medians of ``--repeats`` calls after one warm-up; ``--name``
+sets the file stem (``engine_ops_<device>``).
 """
 
 from __future__ import annotations
@@ -33,20 +36,38 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import benchutil as bu  # noqa: E402
 
+_IMPL_KEYS = ("foreach", "fused", "capturable", "differentiable", "maximize")
+
+
 MODELS = {
     "quickstart": ("daformer_mit_b0", {"decoder_channels": 64, "proj_dim": 32}),
     "mit_b5": ("daformer_mit_b5", {}),
 }
 
 
-def median_ms(fn: Callable[[], object], clock: bu.Clock, repeats: int) -> dict:
-    fn()
-    times = []
-    for _ in range(repeats):
-        t0 = clock.now()
+def compare_ms(fns: dict[str, Callable[[], object]], clock: bu.Clock, repeats: int) -> dict:
+    """Median time per function, calls interleaved round-robin after one warm-up each.
+
+    Interleaving makes an engine-vs-reference comparison fair on a shared machine.
+    """
+    for fn in fns.values():
         fn()
-        times.append(clock.now() - t0)
-    return bu.summarize_times(times)
+    times: dict[str, list[float]] = {k: [] for k in fns}
+    for _ in range(repeats):
+        for k, fn in fns.items():
+            t0 = clock.now()
+            fn()
+            times[k].append(clock.now() - t0)
+    return {k: bu.summarize_times(v) for k, v in times.items()}
+
+
+def _reference_blur(img: torch.Tensor, sigma: float) -> torch.Tensor:
+    """The DACS blur as one 2-D Gaussian kernel (``TF.gaussian_blur`` with (kx, ky))."""
+    import torchvision.transforms.v2.functional as TF
+
+    h, w = img.shape[-2:]
+    ky, kx = (max(3, 2 * math.ceil(0.05 * side) + 1) for side in (h, w))
+    return TF.gaussian_blur(img, kernel_size=[kx, ky], sigma=[sigma, sigma])
 
 
 def main(argv: Optional[list[str]] = None) -> int:
@@ -79,50 +100,61 @@ def main(argv: Optional[list[str]] = None) -> int:
 
     clock = bu.Clock(device)
     rows = []
+
+    def add(op: str, impl: str, size: str, stats: dict) -> None:
+        rows.append({"op": op, "impl": impl, "size": size, **stats})
+        print(rows[-1], flush=True)
+
     for c in crops:
         img = torch.rand(3, c, c, generator=torch.Generator().manual_seed(0)).to(device)
-        g = torch.Generator().manual_seed(0)
         k = max(3, 2 * math.ceil(0.05 * c) + 1)
-        rows.append(
+        # Same sigma in both: the engine draws it from a generator seeded alike every call.
+        sigma = 0.15 + float(torch.rand((), generator=torch.Generator().manual_seed(0)))
+        res = compare_ms(
             {
-                "op": "gaussian_blur",
-                "size": f"3x{c}x{c} (kernel {k})",
-                **median_ms(lambda img=img, g=g: gaussian_blur(img, g), clock, repeats),
-            }
+                "engine": lambda img=img: gaussian_blur(img, torch.Generator().manual_seed(0)),
+                "reference: 2-D kernel": lambda img=img, s=sigma: _reference_blur(img, s),
+            },
+            clock,
+            repeats,
         )
-        rows.append(
-            {
-                "op": "color_jitter",
-                "size": f"3x{c}x{c}",
-                **median_ms(lambda img=img, g=g: color_jitter(img, 0.2, g), clock, repeats),
-            }
-        )
-        print(rows[-2], rows[-1], flush=True)
+        for impl, stats in res.items():
+            add("gaussian_blur", impl, f"3x{c}x{c} (kernel {k})", stats)
+        g = torch.Generator().manual_seed(0)
+        res = compare_ms({"engine": lambda img=img, g=g: color_jitter(img, 0.2, g)}, clock, repeats)
+        add("color_jitter", "engine", f"3x{c}x{c}", res["engine"])
     for n in names:
         arch, kwargs = MODELS[n]
         torch.manual_seed(0)
         student = build_segmentor(arch, **kwargs).to(device)
         teacher = build_teacher(student)
         size = f"{arch}, {sum(q.numel() for q in student.parameters()) / 1e6:.1f}M params"
-        rows.append(
-            {
-                "op": "ema_update",
-                "size": size,
-                **median_ms(lambda t=teacher, s=student: ema_update(t, s, 0.999), clock, repeats),
-            }
+        res = compare_ms(
+            {"engine": lambda t=teacher, s=student: ema_update(t, s, 0.999)}, clock, repeats
         )
+        add("ema_update", "engine", size, res["engine"])
         opt = build_optimizer(student)
+        # Reference: torch's default AdamW implementation on the same parameter groups.
+        ref = torch.optim.AdamW([{k: v for k, v in g.items() if k not in _IMPL_KEYS} for g in
+                                 opt.param_groups])  # fmt: skip
         for q in student.parameters():
             q.grad = torch.randn_like(q) * 1e-3
-        rows.append(
-            {
-                "op": "optimizer_step",
-                "size": f"{size}, {type(opt).__name__}",
-                **median_ms(opt.step, clock, repeats),
-            }
+        res = compare_ms({"engine": opt.step, "reference: AdamW()": ref.step}, clock, repeats)
+        impl = (
+            "fused"
+            if opt.defaults.get("fused")
+            else "foreach"
+            if opt.defaults.get("foreach")
+            else "default"
         )
-        print(rows[-2], rows[-1], flush=True)
-        del student, teacher, opt
+        for k, stats in res.items():
+            add(
+                "optimizer_step",
+                k,
+                f"{size}, AdamW ({impl if k == 'engine' else 'default'})",
+                stats,
+            )
+        del student, teacher, opt, ref
     meta = bu.machine_record(
         device, None if argv is None else ["benchmarks/bench_engine_ops.py", *argv]
     )
@@ -131,8 +163,8 @@ def main(argv: Optional[list[str]] = None) -> int:
         + bu.machine_markdown(meta)
         + f"\nMedian of {repeats} calls after one warm-up.\n\n"
         + bu.markdown_table(
-            ["op", "size", "median ms", "min ms"],
-            [[r["op"], r["size"], r["median_ms"], r["min_ms"]] for r in rows],
+            ["op", "implementation", "size", "median ms", "min ms"],
+            [[r["op"], r["impl"], r["size"], r["median_ms"], r["min_ms"]] for r in rows],
         )
     )
     bu.write_results(args.out, args.name, device, {"meta": meta, "results": rows}, md)

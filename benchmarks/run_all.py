@@ -169,11 +169,11 @@ def _data_section(res: dict) -> list[str]:
 
 
 def _engine_ops_section(res: dict) -> list[str]:
-    rows = [[r["op"], r["size"], r["median_ms"]] for r in res["results"]]
+    rows = [[r["op"], r.get("impl", "engine"), r["size"], r["median_ms"]] for r in res["results"]]
     return [
         f"## Engine helper operations (`engine_ops_{res['meta']['device']}.md`)",
         "",
-        bu.markdown_table(["op", "size", "median ms"], rows),
+        bu.markdown_table(["op", "implementation", "size", "median ms"], rows),
     ]
 
 

@@ -134,9 +134,15 @@ def test_data_loader_and_stages(results):
 def test_engine_ops(results):
     res = _json(results, "engine_ops")
     _check_meta(res["meta"])
-    ops = {r["op"]: r for r in res["results"]}
-    assert set(ops) == {"gaussian_blur", "color_jitter", "ema_update", "optimizer_step"}
-    assert "kernel 9" in ops["gaussian_blur"]["size"]  # 64-pixel crop: 2 * ceil(3.2) + 1
+    ops = {(r["op"], r["impl"]): r for r in res["results"]}
+    assert set(ops) == {
+        ("gaussian_blur", "engine"), ("gaussian_blur", "reference: 2-D kernel"),
+        ("color_jitter", "engine"), ("ema_update", "engine"),
+        ("optimizer_step", "engine"), ("optimizer_step", "reference: AdamW()"),
+    }  # fmt: skip
+    assert (
+        "kernel 9" in ops[("gaussian_blur", "engine")]["size"]
+    )  # 64-pixel crop: 2 * ceil(3.2) + 1
     assert all(r["median_ms"] >= 0 for r in ops.values())
 
 
