@@ -235,3 +235,14 @@ def test_evaluate_upsamples_to_label_size_and_counts_every_pixel():
     assert road == pytest.approx(100.0 * n0 / int((label[:2] != 255).sum()))
     with pytest.raises(ValueError, match="slide inference needs crop_size"):
         evaluate(_ColourModel(), loader, ("cs19",), mode="slide")
+
+
+@pytest.mark.parametrize("amp", ["bf16", "fp16"])
+def test_mixed_precision_paths_run_on_cpu(synthetic_root, tmp_path, amp):
+    cfg = synthetic_config("pipa", synthetic_root, tmp_path / "run", f"runtime.amp={amp}")
+    trainer = Trainer(cfg)
+    assert trainer.scaler.is_enabled() == (amp == "fp16")  # fp16 needs loss scaling, bf16 does not
+    result = trainer.fit()
+    assert result["finished"] and result["skipped_steps"] == 0
+    assert all(torch.isfinite(p).all() for p in trainer.student.parameters())
+    assert "scale" in load_checkpoint(tmp_path / "run")["scaler"] or amp == "bf16"

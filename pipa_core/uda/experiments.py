@@ -116,11 +116,12 @@ def to_markdown(table: dict[str, Any]) -> str:
     ]
     for r in table["rows"]:
         seeds = ", ".join(f"{v:.1f}" for v in r["miou"])
+        spread = f"± {r['std']:.1f}" if len(r["miou"]) > 1 else "(1 seed)"
         closed = "—" if r["gap_closed"] is None else f"{100 * r['gap_closed']:.0f} %"
         if r["method"] in ("source_only", "oracle"):
             closed = {"source_only": "0 % (reference)", "oracle": "100 % (reference)"}[r["method"]]
         lines.append(
-            f"| {r['label']} | {r['mean']:.1f} ± {r['std']:.1f} | {seeds} | {closed} | "
+            f"| {r['label']} | {r['mean']:.1f} {spread} | {seeds} | {closed} | "
             f"{r['iterations']} | {r['train_minutes']:.1f} |"
         )
     if table["domain_gap"] is not None:
