@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import sys
+import time
 from pathlib import Path
 from typing import Optional
 
@@ -69,12 +70,14 @@ def bench_case(seg, img, mode, window, dtype, warmup: int, iters: int, device) -
         for _ in range(warmup):
             seg.predict(img, mode=mode, **kwargs)
         mem.reset()
-        times = []
+        times, cpu = [], []
         for _ in range(iters):
-            t0 = clock.now()
+            t0, c0 = clock.now(), time.process_time()
             seg.predict(img, mode=mode, **kwargs)
             times.append(clock.now() - t0)
+            cpu.append(time.process_time() - c0)
     stats = bu.summarize_times(times)
+    stats["cpu_median_ms"] = bu.summarize_times(cpu)["median_ms"]
     return {
         **stats,
         "images_per_s": round(1e3 * img.shape[0] / stats["median_ms"], 3),
@@ -86,7 +89,17 @@ def bench_case(seg, img, mode, window, dtype, warmup: int, iters: int, device) -
 def to_markdown(meta: dict, rows: list[dict]) -> str:
     mem = "CUDA max allocated" if meta["device"] == "cuda" else "process peak RSS"
     table = bu.markdown_table(
-        ["model", "arch", "image", "mode", "window / stride", "ms / image", "images/s", "peak MiB"],
+        [
+            "model",
+            "arch",
+            "image",
+            "mode",
+            "window / stride",
+            "ms / image",
+            "CPU ms / image",
+            "images/s",
+            "peak MiB",
+        ],  # fmt: skip
         [
             [
                 r["model"] + (" (reduced)" if r["reduced"] else ""),
@@ -97,6 +110,7 @@ def to_markdown(meta: dict, rows: list[dict]) -> str:
                 if r["mode"] == "slide"
                 else "-",
                 r["median_ms"],
+                r["cpu_median_ms"],
                 r["images_per_s"],
                 r["peak_mem_mib"],
             ]

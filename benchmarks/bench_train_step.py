@@ -62,6 +62,7 @@ import functools
 import inspect
 import statistics
 import sys
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import SimpleNamespace
@@ -302,12 +303,17 @@ def time_interleaved(engines: dict[str, Engine], batches: list[dict], iters: int
     """
     clock = bu.Clock(next(iter(engines.values())).device)
     times: dict[str, list[float]] = {k: [] for k in engines}
+    cpu: dict[str, list[float]] = {k: [] for k in engines}
     for i in range(iters):
         for name, eng in engines.items():
-            t0 = clock.now()
+            t0, c0 = clock.now(), time.process_time()
             eng.run_iteration(batches[i % len(batches)])
             times[name].append(clock.now() - t0)
-    return {k: bu.summarize_times(v) for k, v in times.items()}
+            cpu[name].append(time.process_time() - c0)
+    return {
+        k: {**bu.summarize_times(v), "cpu_median_ms": bu.summarize_times(cpu[k])["median_ms"]}
+        for k, v in times.items()
+    }
 
 
 # ----------------------------------------------------------------------------- phase probes
@@ -331,6 +337,11 @@ class PhaseProbe:
         self._calls: list[str] = []
         self._ce_calls = 0
         self._bwd_marks: list[tuple[str, float, Optional[float]]] = []
+        # Process CPU time per phase (robust to other processes' load on a shared CPU).
+        self._cpu: dict[str, float] = {}
+        self._open_cpu: list[float] = []
+        self._bwd_cpu: list[float] = []
+        self.iterations_cpu: list[dict[str, float]] = []
 
     # ---------------------------------------------------------------- spans
     def begin(self, name: str) -> None:
@@ -340,12 +351,14 @@ class PhaseProbe:
         t = self.clock.now()
         self.mem.reset()
         self._open.append((name, t))
+        self._open_cpu.append(time.process_time())
 
     def end(self) -> None:
         name, t0 = self._open.pop()
         if t0 < 0:
             return
         dt = (self.clock.now() - t0) * 1e3
+        self._add_cpu(name, (time.process_time() - self._open_cpu.pop()) * 1e3)
         ms, peak = self._cur.get(name, (0.0, None))
         p = self.mem.peak_mib()
         self._cur[name] = (ms + dt, p if peak is None or (p or 0) > peak else peak)
@@ -358,8 +371,12 @@ class PhaseProbe:
         finally:
             self.end()
 
+    def _add_cpu(self, name: str, ms: float) -> None:
+        self._cpu[name] = self._cpu.get(name, 0.0) + ms
+
     def _mark_backward(self, label: str) -> None:
         self._bwd_marks.append((label, self.clock.now(), self.mem.peak_mib()))
+        self._bwd_cpu.append(time.process_time())
         self.mem.reset()
 
     # ---------------------------------------------------------------- wiring
@@ -450,14 +467,17 @@ class PhaseProbe:
         """One engine iteration, recording every phase into ``self.iterations``."""
         eng = self.eng
         self._cur, self._calls, self._ce_calls, self._bwd_marks = {}, [], 0, []
-        t_start = self.clock.now()
+        self._cpu, self._open_cpu, self._bwd_cpu = {}, [], []
+        t_start, c_start = self.clock.now(), time.process_time()
         self.mem.reset()
         # forward: the engine's step, instrumented by the hooks
-        t0 = self.clock.now()
+        t0, c0 = self.clock.now(), time.process_time()
         out = uda_step.training_step(batch, eng.nets, eng.cfg, eng.ctx)
         fwd_ms = (self.clock.now() - t0) * 1e3
+        fwd_cpu = (time.process_time() - c0) * 1e3
         fwd_phases = sum(ms for ms, _ in self._cur.values())
         self._cur["forward_other"] = (max(fwd_ms - fwd_phases, 0.0), None)
+        self._cpu["forward_other"] = max(fwd_cpu - sum(self._cpu.values()), 0.0)
         # backward + grad-norm + AdamW: the trainer's own method (spans via _ScalerProbe)
         ok = Trainer._optimizer_step(eng, out)
         while self._open:  # a skipped (non-finite) step never reaches scaler.step
@@ -470,40 +490,48 @@ class PhaseProbe:
         eng.iteration += 1
         total_ms = (self.clock.now() - t_start) * 1e3
         self._cur["step_total_instrumented"] = (total_ms, None)
+        self._cpu["step_total_instrumented"] = (time.process_time() - c_start) * 1e3
         self.iterations.append(dict(self._cur))
+        self.iterations_cpu.append(dict(self._cpu))
 
     def backward_started(self) -> None:
         self._bwd_marks = [("start", self.clock.now(), None)]
+        self._bwd_cpu = [time.process_time()]
         self.mem.reset()
 
     def backward_finished(self) -> None:
-        t_end = self.clock.now()
-        marks = self._bwd_marks
+        t_end, c_end = self.clock.now(), time.process_time()
+        marks, cpus = self._bwd_marks, self._bwd_cpu
         if not marks:
             return
         t_start = marks[0][1]
         self._cur["backward_total"] = ((t_end - t_start) * 1e3, self.mem.peak_mib())
-        prev = t_start
-        for label, t, peak in sorted(marks[1:], key=lambda m: m[1]):
+        self._add_cpu("backward_total", (c_end - cpus[0]) * 1e3)
+        prev, prev_c = t_start, cpus[0]
+        for (label, t, peak), c in sorted(zip(marks[1:], cpus[1:]), key=lambda m: m[0][1]):
             name = f"backward_to_student_{label}"
             ms, p0 = self._cur.get(name, (0.0, None))
             self._cur[name] = (ms + (t - prev) * 1e3, peak)
-            prev = t
+            self._add_cpu(name, (c - prev_c) * 1e3)
+            prev, prev_c = t, c
         if len(marks) > 1:
             self._cur["backward_rest"] = ((t_end - prev) * 1e3, self.mem.peak_mib())
+            self._add_cpu("backward_rest", (c_end - prev_c) * 1e3)
 
     # ---------------------------------------------------------------- summary
     def summary(self) -> dict[str, dict[str, Optional[float]]]:
-        """Median ms and max peak MiB per phase over the recorded iterations."""
+        """Median wall ms, median process-CPU ms and max peak MiB per phase."""
         names: list[str] = []
         for it in self.iterations:
             names += [n for n in it if n not in names]
         res = {}
         for n in names:
             vals = [it[n] for it in self.iterations if n in it]
+            cpus = [it[n] for it in self.iterations_cpu if n in it]
             peaks = [p for _, p in vals if p is not None]
             res[n] = {
                 "ms": round(statistics.median(ms for ms, _ in vals), 3),
+                "cpu_ms": round(statistics.median(cpus), 3) if cpus else None,
                 "peak_mem_mib": max(peaks) if peaks else None,
             }
         return res
@@ -587,6 +615,9 @@ def bench_model(name: str, args, device: torch.device) -> dict:
         res["losses"] = list(engines[vname].cfg.losses.enabled)
         res["added_ms"] = round(step["median_ms"] - res["median_ms"], 3)
         res["overhead_pct"] = round(100 * res["added_ms"] / res["median_ms"], 2)
+        res["overhead_pct_cpu_time"] = round(
+            100 * (step["cpu_median_ms"] - res["cpu_median_ms"]) / res["cpu_median_ms"], 2
+        )
         ablations[vname] = res
         print(f"[{name}] {vname}: {res['median_ms']:.1f} ms -> +{res['overhead_pct']}%", flush=True)
     del engines, eng
@@ -610,6 +641,9 @@ def bench_model(name: str, args, device: torch.device) -> dict:
         "phases": phases,
         "ablation": ablations,
         "contrastive_overhead_pct": ablations.get("without_contrastive", {}).get("overhead_pct"),
+        "contrastive_overhead_pct_cpu_time": ablations.get("without_contrastive", {}).get(
+            "overhead_pct_cpu_time"
+        ),
     }
 
 
@@ -641,11 +675,18 @@ def to_markdown(meta: dict, results: list[dict]) -> str:
         "",
         bu.machine_markdown(meta),
         f"Options: dtype `{meta['dtype']}`, channels_last {meta['channels_last']}, "
-        f"compile {meta['compile']}, size preset `{meta['preset']}`. Memory: {mem} (MiB).",
+        f"compile {meta['compile']}, size preset `{meta['preset']}`. Memory: {mem} (MiB). "
+        "`ms` is wall time; `CPU ms` is the process CPU time over the same span: on a shared "
+        "CPU it is the robust figure (wall time grows with other processes' load).",
         "",
         "## Step time and contrastive overhead",
         "",
     ]
+    headers = [
+        "config", "arch", "crop", "batch", "losses", "step ms (median)", "step CPU ms", "it/s",
+        "peak MiB", "step ms w/o contrastive", "contrastive overhead %",
+        "overhead % (CPU time)",
+    ]  # fmt: skip
     rows = []
     for r in results:
         base = r["ablation"].get("without_contrastive", {})
@@ -657,32 +698,19 @@ def to_markdown(meta: dict, results: list[dict]) -> str:
                 r["batch"],
                 ",".join(r["losses"]) or "-",
                 r["step"]["median_ms"],
+                r["step"].get("cpu_median_ms"),
                 round(1e3 / r["step"]["median_ms"], 3),
                 r["step"]["peak_mem_mib"],
                 base.get("median_ms"),
                 r["contrastive_overhead_pct"],
+                r.get("contrastive_overhead_pct_cpu_time"),
             ]
         )
-    out.append(
-        bu.markdown_table(
-            [
-                "config",
-                "arch",
-                "crop",
-                "batch",
-                "losses",
-                "step ms (median)",
-                "it/s",
-                "peak MiB",
-                "step ms w/o contrastive",
-                "contrastive overhead %",
-            ],
-            rows,
-        )  # fmt: skip
-    )
+    out.append(bu.markdown_table(headers, rows))
     for r in results:
         extra = [
-            f"{k}: {v['median_ms']} ms (+{v['overhead_pct']} %)"
+            f"{k}: {v['median_ms']} ms (+{v['overhead_pct']} %; CPU time "
+            f"+{v.get('overhead_pct_cpu_time')} %)"
             for k, v in r["ablation"].items()
             if k != "without_contrastive"
         ]
@@ -691,6 +719,7 @@ def to_markdown(meta: dict, results: list[dict]) -> str:
     for r in results:
         ph = r["phases"]
         total = ph["step_total_instrumented"]["ms"]
+        cpu_total = ph["step_total_instrumented"].get("cpu_ms")
         out += [
             "",
             f"## Phases: {r['name']} ({r['label']}; {r['arch']}, crop "
@@ -706,15 +735,22 @@ def to_markdown(meta: dict, results: list[dict]) -> str:
         rows = []
         for p in ordered_phases(ph):
             sub = p.startswith("backward_") and p != "backward_total"
+            cpu = ph[p].get("cpu_ms")
             rows.append(
                 [
                     ("  - " if sub else "") + p,
                     ph[p]["ms"],
                     round(100 * ph[p]["ms"] / total, 1) if total else None,
+                    cpu,
+                    round(100 * cpu / cpu_total, 1) if cpu is not None and cpu_total else None,
                     ph[p]["peak_mem_mib"],
                 ]
             )
-        out.append(bu.markdown_table(["phase", "ms", "% of step", "peak MiB"], rows))
+        out.append(
+            bu.markdown_table(
+                ["phase", "ms", "% of step", "CPU ms", "% of step CPU", "peak MiB"], rows
+            )
+        )
     return "\n".join(out)
 
 

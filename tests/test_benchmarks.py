@@ -76,7 +76,8 @@ def test_train_step_phases_and_ablation(results):
         if not k.startswith("backward_to") and k not in ("backward_rest", "step_total_instrumented")
     ]
     assert sum(ph[k]["ms"] for k in top) <= ph["step_total_instrumented"]["ms"] * 1.01 + 1
-    assert r["step"]["median_ms"] > 0 and r["step"]["n"] == 1
+    assert r["step"]["median_ms"] > 0 and r["step"]["n"] == 1 and r["step"]["cpu_median_ms"] > 0
+    assert all(v["cpu_ms"] >= 0 for v in ph.values())
     base = r["ablation"]["without_contrastive"]
     assert base["losses"] == [] and base["median_ms"] > 0
     assert r["contrastive_overhead_pct"] == base["overhead_pct"]
