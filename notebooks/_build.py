@@ -78,7 +78,7 @@ methods with the papers' (source-only < self-training < PiPa < oracle).
 data_root = "data"  # the synthetic benchmark is generated in <data_root>/synthetic
 out_dir = "runs/quickstart"  # runs (<method>/seed<k>), results.md and quickstart.json go here
 figures_dir = "figures"  # figures: quickstart_*.png and dataset_card.png
-overrides = []  # settings for every run, e.g. ["optim.max_iters=100"] (default: the preset)
+overrides = []  # settings for every run: section.key assignments, as in train.ipynb
 seeds = [0, 1, 2]  # seeds of the full comparison table
 run_table = True  # also run the full table (oracle / source-only / DACS / PiPa x seeds)
 n_examples = 3  # rows of the qualitative grid
@@ -96,10 +96,12 @@ cast, blur, sensor noise, and its street layouts have different statistics
 """),
     code("""
 from pipa_core.data.synthetic import ensure_synthetic
+from pipa_core.uda.experiments import quickstart_config
 from pipa_core.viz.dataset_card import class_frequency_table, make_dataset_card
 
 %matplotlib inline
-root = ensure_synthetic(Path(data_root) / "synthetic")
+size = quickstart_config("pipa", 0, out_dir, data_root, overrides).data.synthetic_size
+root = ensure_synthetic(Path(data_root) / "synthetic", size=size)
 card = make_dataset_card(root, Path(figures_dir) / "dataset_card.png")
 display(Image(filename=str(card)))
 freq = class_frequency_table(root)
@@ -124,7 +126,6 @@ Total: $\mathcal{L} = \mathcal{L}^S_{ce} + \mathcal{L}^T_{ce} + \alpha\mathcal{L
 """),
     code("""
 from pipa_core.uda import train
-from pipa_core.uda.experiments import quickstart_config
 
 runs = {}
 for method in ("source_only", "pipa"):
@@ -160,12 +161,11 @@ Image, ground truth, then each model's prediction and its error map (white = wro
 grey = ignore).
 """),
     code("""
-from pipa_core.data.benchmarks import build_val_dataset, get_benchmark
 from pipa_core.eval.features import predict_labels
-from pipa_core.eval.runs import load_segmentor
+from pipa_core.eval.runs import analysis_datasets, load_segmentor
 from pipa_core.viz import qualitative_grid
 
-val = build_val_dataset(get_benchmark("synthetic"), data_root)
+val = analysis_datasets(runs["pipa"]["run_dir"])["target"]  # target val, as the run saw it
 samples = [val[i] for i in range(n_examples)]
 imgs = torch.stack([s["img"] for s in samples])
 preds = {}
@@ -317,7 +317,7 @@ matrix, a qualitative grid and an interactive browser.
 run = "runs/quickstart/pipa/seed0"  # run directory (or checkpoints/*.pt) to evaluate
 which = "student"  # "student" or "teacher" (EMA) weights
 benchmark = None  # None: the run's benchmark
-data_root = "data"  # where the datasets live
+data_root = None  # None: the run's data.data_root
 mode = None  # "whole" or "slide" inference; None: the run's eval setting
 max_samples = None  # first N images of the split; None: all
 n_examples = 4  # rows of the qualitative grid
@@ -338,7 +338,7 @@ if benchmark is not None:
     cfg.data.benchmark = benchmark
 spec = resolve_benchmark(cfg)
 model = load_segmentor(run, which, device=dev)
-val = build_val_dataset(spec, data_root)
+val = build_val_dataset(spec, data_root or cfg.data.data_root)
 out = Path(out_dir) if out_dir else Path(run if Path(run).is_dir() else Path(run).parent.parent) / "eval"
 print(f"{cfg.name}: {len(val)} images of {spec.name} ({spec.val.root}/{spec.val.split}), protocols {spec.protocols}")
 """),
@@ -507,7 +507,7 @@ runs = {
 which = "student"  # "student" or "teacher" weights
 embedding = "feat"  # "feat" (decoder) or a projection head: "pixel", "patch", "temporal"
 normalize = False  # L2-normalise embeddings first (the geometry the contrastive loss sees)
-data_root = "data"  # where the datasets live
+data_root = None  # None: the run's data.data_root
 max_images = 50  # images per domain
 n_per_class = 100  # pixels per class and domain
 max_pixels = 3000  # cap on the total number of points
@@ -525,8 +525,8 @@ from pipa_core.eval.runs import analysis_datasets, load_run_config, load_segment
 from pipa_core.uda.distributed import resolve_device
 
 dev = resolve_device(device)
-benchmark = load_run_config(next(iter(runs.values()))).data.benchmark
-datasets = analysis_datasets(benchmark, data_root, max_images=max_images)
+cfg = load_run_config(next(iter(runs.values())))  # every run is read on this run's benchmark
+datasets = analysis_datasets(cfg, data_root, max_images=max_images)
 {k: len(v) for k, v in datasets.items()}
 """),
     md("## 1. Sample pixel embeddings (balanced per class and domain)"),
@@ -581,7 +581,7 @@ runs = {
 which = "student"  # "student" or "teacher" weights
 embedding = "feat"  # "feat" (decoder) or a projection head: "pixel", "patch", "temporal"
 classes = None  # None: the benchmark's first protocol (e.g. syn16); or a list of train IDs
-data_root = "data"  # where the datasets live
+data_root = None  # None: the run's data.data_root
 max_images = 100  # images per domain (SPCL: 1000)
 out_dir = "figures"  # ccd_source.png, ccd_target.png and ccd.json
 device = "auto"  # "auto": GPU if present
@@ -589,14 +589,14 @@ num_threads = None  # torch CPU threads; None: torch's default
 """),
     code(SETUP),
     code("""
-from pipa_core.data.benchmarks import get_benchmark
 from pipa_core.eval.runs import analysis_datasets, load_run_config, load_segmentor
+from pipa_core.uda.config import resolve_benchmark
 from pipa_core.uda.distributed import resolve_device
 
 dev = resolve_device(device)
-benchmark = load_run_config(next(iter(runs.values()))).data.benchmark
-datasets = analysis_datasets(benchmark, data_root, max_images=max_images)
-classes = classes if classes is not None else get_benchmark(benchmark).protocols[0]
+cfg = load_run_config(next(iter(runs.values())))  # every run is read on this run's benchmark
+datasets = analysis_datasets(cfg, data_root, max_images=max_images)
+classes = classes if classes is not None else resolve_benchmark(cfg).protocols[0]
 """),
     md("## 1. CCD per class, per domain"),
     code("""
@@ -627,9 +627,8 @@ VIDEO = [
     md(r"""
 # Video: temporal contrast (PiPa++) and temporal consistency
 
-On video benchmarks (VIPER → Cityscapes-Seq, SYNTHIA-Seq → Cityscapes-Seq, and
-the synthetic sequences here) each target sample carries a **key frame** and a
-nearby **reference frame**. PiPa++'s temporal contrast treats the features at
+On video benchmarks (VIPER → Cityscapes-Seq, SYNTHIA-Seq → Cityscapes-Seq) each
+target sample carries a **key frame** and a nearby **reference frame**. PiPa++'s temporal contrast treats the features at
 the *same pixel location* of the two frames as a positive pair (no optical
 flow) and other locations as negatives:
 
@@ -641,48 +640,69 @@ whose class is unchanged, and the mIoU of frame $t+1$'s prediction against frame
 $t$'s. No flow is used, so real motion lowers both: compare models, not against 100.
 """),
     params("""
-benchmark = "synthetic_seq"  # video benchmark: synthetic_seq, viper2csseq, synseq2csseq
+benchmark = "viper2csseq"  # video benchmark preset: viper2csseq, synseq2csseq
 data_root = "data"  # where the datasets live
 settings = {"PiPa": "pipa", "PiPa++ (+temporal)": "pipa_pp"}  # title -> method
 seed = 0  # runtime.seed of both runs
 max_iters = None  # None: the preset schedule
 eval_max_samples = None  # evaluate on the first N target val images; None: all
-max_sequences = None  # target sequences used for temporal consistency; None: all
+overrides = []  # settings for both runs, as in train.ipynb
+max_pairs = None  # (key, reference) frame pairs for temporal consistency; None: all
 out_dir = "runs/video"  # runs, video.json and figures
 device = "auto"  # "auto": GPU if present
 num_threads = None  # torch CPU threads; None: torch's default
 """),
     code(SETUP),
-    md("## 1. A target sequence"),
     code("""
-from pipa_core.data.benchmarks import build_val_dataset, get_benchmark
+from pipa_core.data.benchmarks import build_val_dataset
+from pipa_core.eval.runs import make_run_config
+from pipa_core.uda.config import resolve_benchmark
+from pipa_core.uda.distributed import resolve_device
+
+dev = resolve_device(device)
+configs = {
+    title: make_run_config(
+        benchmark, method, seed=seed, max_iters=max_iters, data_root=data_root, device=device,
+        run_dir=Path(out_dir) / f"{benchmark}_{method}_s{seed}", eval_max_samples=eval_max_samples,
+        overrides=overrides,
+    )
+    for title, method in settings.items()
+}
+spec = resolve_benchmark(next(iter(configs.values())))
+if not spec.video:
+    raise ValueError(f"{benchmark} has no reference frames; use a video benchmark (e.g. viper2csseq)")
+frames = build_val_dataset(spec, data_root)
+pd.DataFrame({t: {"method": c.method, "losses": " + ".join(c.losses.enabled)} for t, c in configs.items()}).T
+"""),
+    md(r"""
+## 1. Key frame and reference frame
+
+Each target sample is a key frame and a frame `ref_offset` frames away from the
+same sequence (the annotated Cityscapes-Seq frame is the 20th of its 30-frame snippet).
+"""),
+    code("""
 from pipa_core.viz import save_figure
 from pipa_core.viz.masks import colorize, to_uint8_image
 
-spec = get_benchmark(benchmark)
-assert spec.video, f"{benchmark} is not a video benchmark"
-frames = build_val_dataset(spec, data_root)
 item = frames[0]
+panels = {
+    "key frame": to_uint8_image(item["img"]),
+    f"reference frame ({int(item['ref_offset']):+d})": to_uint8_image(item["img_ref"]),
+    "key frame label": colorize(item["label"].numpy()),
+}
 fig, axes = plt.subplots(1, 3, figsize=(12, 3))
-for ax, (t, im) in zip(axes, [("key frame", item["img"]), (f"reference ({item['ref_offset']:+d})", item["img_ref"]), ("key label", None)]):
-    ax.imshow(to_uint8_image(im) if im is not None else colorize(item["label"].numpy()))
-    ax.set_title(t)
+for ax, (title, panel) in zip(axes, panels.items()):
+    ax.imshow(panel)
+    ax.set_title(title)
     ax.axis("off")
 save_figure(fig, Path(out_dir) / "video_frames.png")
 """),
     md("## 2. Train with and without temporal contrast"),
     code("""
-from pipa_core.eval.runs import make_run_config
 from pipa_core.uda import train
 
-results = {}
-for title, method in settings.items():
-    cfg = make_run_config(
-        benchmark, method, seed=seed, max_iters=max_iters, data_root=data_root, device=device,
-        run_dir=Path(out_dir) / f"{benchmark}_{method}_s{seed}", eval_max_samples=eval_max_samples,
-    )
-    results[title] = train(cfg)
-pd.DataFrame({t: {"losses": "+".join(make_run_config(benchmark, m).losses.enabled), "mIoU": results[t]["mIoU"]} for t, m in settings.items()}).T
+results = {title: train(cfg) for title, cfg in configs.items()}
+pd.DataFrame({t: {"mIoU": r["mIoU"], "iterations": r["iterations"]} for t, r in results.items()}).T
 """),
     md(r"""
 ## 3. Temporal consistency of predictions
@@ -696,33 +716,42 @@ from torch.utils.data import Subset
 from pipa_core.eval.runs import load_segmentor
 from pipa_core.eval.temporal import evaluate_temporal_consistency
 from pipa_core.io import atomic_write_json
-from pipa_core.uda.distributed import resolve_device
 
-dev = resolve_device(device)
-pairs = frames if max_sequences is None else Subset(frames, range(min(len(frames), max_sequences * 10)))
+pairs = frames if max_pairs is None else Subset(frames, range(min(len(frames), max_pairs)))
 consistency = {}
 for title, res in results.items():
     model = load_segmentor(res["run_dir"], device=dev)
     consistency[title] = evaluate_temporal_consistency(model, pairs, protocol=spec.protocols[0])
-table = pd.DataFrame({t: {"mIoU": results[t]["mIoU"], "pixel agreement (%)": c["pixel_agreement"], "consecutive mIoU": c["consecutive_mIoU"]} for t, c in consistency.items()}).T
+table = pd.DataFrame(
+    {
+        t: {
+            "mIoU": results[t]["mIoU"],
+            "pixel agreement (%)": c["pixel_agreement"],
+            "consecutive mIoU": c["consecutive_mIoU"],
+        }
+        for t, c in consistency.items()
+    }
+).T
 display(table)
-atomic_write_json(Path(out_dir) / "video.json", {"table": table.reset_index().to_dict("records"), "consistency": consistency})
+atomic_write_json(
+    Path(out_dir) / "video.json",
+    {"benchmark": benchmark, "table": table.reset_index(names="model").to_dict("records"), "consistency": consistency},
+)
 """),
-    md("## 4. Predictions over consecutive frames"),
+    md("## 4. Predictions on the two frames, and where they change"),
     code("""
 from pipa_core.eval.features import predict_labels
 
-item = frames[0]
-rows = [to_uint8_image(item["img"]), to_uint8_image(item["img_ref"])]
+pair = torch.stack([item["img"], item["img_ref"]]).to(dev)
 fig, axes = plt.subplots(len(results), 3, figsize=(12, 3 * len(results)), squeeze=False)
-for r, (title, res) in enumerate(results.items()):
+for row, (title, res) in zip(axes, results.items()):
     model = load_segmentor(res["run_dir"], device=dev)
     with torch.no_grad():
-        p = predict_labels(model, torch.stack([item["img"], item["img_ref"]]).to(dev)).cpu().numpy()
-    for c, (panel, name) in enumerate([(colorize(p[0]), "key"), (colorize(p[1]), "reference"), ((p[0] != p[1])[..., None] * 255, "changed")]):
-        axes[r][c].imshow(panel.squeeze() if c == 2 else panel, cmap="gray" if c == 2 else None)
-        axes[r][c].set_title(f"{title}: {name}")
-        axes[r][c].axis("off")
+        key, ref = predict_labels(model, pair).cpu().numpy()
+    for ax, (name, panel) in zip(row, [("key", colorize(key)), ("reference", colorize(ref)), ("changed (white)", key != ref)]):
+        ax.imshow(panel, cmap="gray" if panel.ndim == 2 else None)
+        ax.set_title(f"{title}: {name}")
+        ax.axis("off")
 save_figure(fig, Path(out_dir) / "video_predictions.png")
 """),
 ]

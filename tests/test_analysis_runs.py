@@ -101,3 +101,23 @@ def test_collect_results_and_metrics(tmp_path):
     assert list(df["mIoU"]) == [10.0, 12.0] and list(df["losses.pixel.weight"]) == [0.1, 0.1]
     m = read_metrics(tmp_path / "a", kind="eval")
     assert list(m["mIoU"]) == [10.0]
+
+
+def test_analysis_datasets_follow_the_run_config(tmp_path):
+    from pipa_core.data.synthetic import ensure_synthetic
+    from pipa_core.eval.runs import analysis_datasets
+
+    ensure_synthetic(tmp_path / "synthetic", size="tiny")
+    cfg = make_run_config(
+        "synthetic", "pipa", data_root=tmp_path, overrides=["data.synthetic_size=tiny"]
+    )
+    data = analysis_datasets(cfg)
+    # source: the 8 tiny training images; target: the 4 labelled val images, unaugmented
+    assert len(data["source"]) == 8 and len(data["target"]) == 4
+    s = data["source"][0]
+    assert s["img"].shape == (3, 32, 64) and s["label"].shape == (32, 64)
+    assert (s["label"] != 255).any()
+    capped = analysis_datasets(cfg, max_images=2)
+    assert [len(capped[k]) for k in ("source", "target")] == [2, 2]
+    # the same image twice: no random augmentation
+    assert torch.equal(data["target"][1]["img"], data["target"][1]["img"])

@@ -13,8 +13,6 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 NB_DIR = REPO / "notebooks"
 NOTEBOOKS = ["quickstart", "train", "evaluate", "ablation", "tsne", "ccd", "video"]
-# Tiny settings shared by every run: 2 iterations, evaluation on 2 images.
-TINY = {"max_iters": 2, "eval_max_samples": 2}
 
 
 # ----------------------------------------------------------------------------- static checks
@@ -46,14 +44,27 @@ def test_notebooks_match_their_generator():
 
 # ----------------------------------------------------------------------------- execution
 
+# Tiny runs on the tiny synthetic benchmark (32x64 images): 2 iterations, 2 evaluation images.
+TINY = [
+    "data.synthetic_size=tiny",
+    "losses.patch.crop_size=32",
+    "model.decoder_channels=16",
+    "model.proj_dim=8",
+    "optim.max_iters=2",
+    "optim.warmup_iters=1",
+    "eval.max_samples=2",
+    "runtime.num_threads=1",
+    "runtime.tensorboard=false",
+]
+
 
 @pytest.fixture(scope="session")
-def data_root(request):
-    """The synthetic benchmark, generated once and kept in pytest's cache between sessions."""
+def data_root(tmp_path_factory):
+    """The tiny synthetic benchmark under ``<data_root>/synthetic``."""
     from pipa_core.data.synthetic import ensure_synthetic
 
-    root = Path(request.config.cache.mkdir("pipa_notebook_data"))
-    ensure_synthetic(root / "synthetic")
+    root = tmp_path_factory.mktemp("data")
+    ensure_synthetic(root / "synthetic", size="tiny")
     return root
 
 
@@ -67,8 +78,8 @@ def trained_runs(data_root, tmp_path_factory):
     runs = {}
     for method in ("source_only", "pipa"):
         cfg = make_run_config(
-            "synthetic", method, data_root=data_root, run_dir=base / method, **TINY,
-            overrides=["runtime.progress=false", "runtime.tensorboard=false"],
+            "synthetic", method, data_root=data_root, run_dir=base / method,
+            overrides=[*TINY, "runtime.progress=false"],
         )  # fmt: skip
         runs[method] = train(cfg)["run_dir"]
     return runs
@@ -98,7 +109,12 @@ def _outputs(nb, mime: str) -> list:
 def test_train_notebook(data_root, tmp_path):
     run = tmp_path / "run"
     nb = run_notebook(
-        "train", tmp_path, data_root=str(data_root), run_dir=str(run), losses=["pixel"], **TINY
+        "train",
+        tmp_path,
+        data_root=str(data_root),
+        run_dir=str(run),
+        losses=["pixel"],
+        overrides=TINY,
     )
     result = json.loads((run / "result.json").read_text())
     assert result["finished"] and result["iterations"] == 2 and 0 <= result["mIoU"] <= 100
@@ -108,10 +124,10 @@ def test_train_notebook(data_root, tmp_path):
 
 
 @pytest.mark.slow
-def test_evaluate_notebook(data_root, trained_runs, tmp_path):
+def test_evaluate_notebook(trained_runs, tmp_path):
     nb = run_notebook(
-        "evaluate", tmp_path, run=trained_runs["pipa"], data_root=str(data_root), max_samples=3,
-        n_examples=2, out_dir=str(tmp_path / "eval"),
+        "evaluate", tmp_path, run=trained_runs["pipa"], max_samples=3, n_examples=2,
+        out_dir=str(tmp_path / "eval"),
     )  # fmt: skip
     res = json.loads((tmp_path / "eval" / "eval.json").read_text())
     assert res["num_images"] == 3 and len(res["confusion_matrix"]) == 19
@@ -121,9 +137,9 @@ def test_evaluate_notebook(data_root, trained_runs, tmp_path):
 
 
 @pytest.mark.slow
-def test_tsne_notebook(data_root, trained_runs, tmp_path):
+def test_tsne_notebook(trained_runs, tmp_path):
     run_notebook(
-        "tsne", tmp_path, data_root=str(data_root), runs={"source-only": trained_runs["source_only"], "PiPa": trained_runs["pipa"]},
+        "tsne", tmp_path, runs={"source-only": trained_runs["source_only"], "PiPa": trained_runs["pipa"]},
         max_images=2, n_per_class=5, max_pixels=60, tsne_iters=250, perplexity=5.0, out_dir="figs",
     )  # fmt: skip
     out = json.loads((tmp_path / "figs" / "tsne.json").read_text())
@@ -134,10 +150,10 @@ def test_tsne_notebook(data_root, trained_runs, tmp_path):
 
 
 @pytest.mark.slow
-def test_ccd_notebook(data_root, trained_runs, tmp_path):
+def test_ccd_notebook(trained_runs, tmp_path):
     run_notebook(
-        "ccd", tmp_path, data_root=str(data_root), runs={"source-only": trained_runs["source_only"], "PiPa": trained_runs["pipa"]},
-        max_images=2, embedding="feat", out_dir="figs",
+        "ccd", tmp_path, runs={"source-only": trained_runs["source_only"], "PiPa": trained_runs["pipa"]},
+        max_images=2, out_dir="figs",
     )  # fmt: skip
     out = json.loads((tmp_path / "figs" / "ccd.json").read_text())
     assert set(out["ccd"]) == {"source-only", "PiPa"} and out["embedding"] == "feat"
@@ -151,7 +167,7 @@ def test_ccd_notebook(data_root, trained_runs, tmp_path):
 def test_ablation_notebook_runs_train_notebook_per_setting(data_root, tmp_path):
     run_notebook(
         "ablation", tmp_path, data_root=str(data_root), settings=["baseline", "+pixel"], seeds=[0],
-        out_dir="abl", **TINY,
+        out_dir="abl", overrides=TINY,
     )  # fmt: skip
     out = json.loads((tmp_path / "abl" / "ablation.json").read_text())
     assert [r["setting"] for r in out["table"]] == ["baseline", "+pixel"]
@@ -169,10 +185,8 @@ def test_quickstart_command_runs_the_notebook(data_root, tmp_path, monkeypatch):
 
     monkeypatch.chdir(tmp_path)
     # --data-root may name the synthetic cache itself (the command's former meaning)
-    summary = main(
-        ["--data-root", str(data_root / "synthetic"), "--seeds", "0", "--max-iters", "2",
-         "--eval-max-samples", "2"]
-    )  # fmt: skip
+    args = ["--data-root", str(data_root / "synthetic"), "--seeds", "0"]
+    summary = main(args + [a for o in TINY for a in ("--set", o)])
     assert set(summary["runs"]) == {"source_only", "pipa"}
     rows = {r["method"]: r for r in summary["table"]["rows"]}
     assert set(rows) == {"source_only", "oracle", "dacs", "pipa"}
@@ -185,3 +199,47 @@ def test_quickstart_command_runs_the_notebook(data_root, tmp_path, monkeypatch):
         assert (tmp_path / "figures" / f).stat().st_size > 0
     executed = nbformat.read(out / "quickstart.ipynb", as_version=4)
     assert _outputs(executed, "image/png")
+
+
+@pytest.fixture(scope="module")
+def video_root(tmp_path_factory):
+    """VIPER -> Cityscapes-Seq fixture trees with the real naming (tests/data_fixtures.py), prepared."""
+    import data_fixtures as fx
+
+    from pipa_core.data.prepare import prepare
+
+    root = tmp_path_factory.mktemp("video_data")
+    fx.make_cityscapes(root / "cityscapes", per_city=1)
+    for split in ("train", "val"):
+        for city in ("aachen", "zurich"):
+            fx.make_cityscapes_seq(root / "cityscapes", split=split, city=city, seqs=(0,))
+    fx.make_viper(root / "viper", frames=range(0, 3), labelled=(1, 2))
+    for name, sub in [("viper", "viper"), ("cityscapes", "cityscapes")]:
+        prepare(name, root / sub, progress=False)
+    return root
+
+
+@pytest.mark.slow
+def test_video_notebook_on_viper_to_cityscapes_seq(video_root, tmp_path):
+    small = [
+        "model.arch=daformer_mit_b0", "model.decoder_channels=16", "model.proj_dim=8",
+        "data.source_scale=32,48", "data.target_scale=32,48", "data.crop_size=32,32",
+        "data.batch_size=1", "data.num_workers=0", "data.rcs_min_pixels=10",
+        "losses.patch.crop_size=32", "eval.crop_size=null", "eval.stride=null",
+        "optim.max_iters=2", "optim.warmup_iters=1", "runtime.num_threads=1",
+        "runtime.tensorboard=false",
+    ]  # fmt: skip
+    run_notebook(
+        "video", tmp_path, benchmark="viper2csseq", data_root=str(video_root), overrides=small,
+        eval_max_samples=2, max_pairs=1, out_dir="vid",
+    )  # fmt: skip
+    out = json.loads((tmp_path / "vid" / "video.json").read_text())
+    assert [r["model"] for r in out["table"]] == ["PiPa", "PiPa++ (+temporal)"]
+    for c in out["consistency"].values():
+        assert (
+            c["num_pairs"] == 1 and 0 <= c["pixel_agreement"] <= 100 and c["protocol"] == "viper15"
+        )
+    cfg = json.loads((tmp_path / "vid" / "viper2csseq_pipa_pp_s0" / "config.json").read_text())
+    assert "temporal" in cfg["losses"]["enabled"]
+    for f in ("video_frames.png", "video_predictions.png"):
+        assert (tmp_path / "vid" / f).stat().st_size > 0

@@ -99,30 +99,41 @@ def load_segmentor(
 
 
 def analysis_datasets(
-    benchmark: str,
-    data_root: str | os.PathLike = "data",
+    run_or_benchmark,
+    data_root: str | os.PathLike | None = None,
     max_images: int | None = None,
     source_split: str | None = None,
 ) -> dict[str, Dataset]:
     """Labelled source and target datasets without augmentation, for t-SNE / CCD / browsing.
 
-    Source: the first source dataset resized to its training scale (SPCL samples
-    source *training* images; ``source_split="val"`` picks a source val split
-    where one exists, e.g. on the synthetic benchmark). Target: the labelled
-    target val split at the evaluation scale. ``max_images`` keeps the first N
-    images of each (SPCL uses 1000 per domain).
+    Args:
+        run_or_benchmark: a ``TrainConfig`` (its benchmark with the run's overrides: scales,
+            synthetic size...), a run directory, or a benchmark preset name.
+        data_root: datasets root; ``None`` = the run's ``data.data_root`` (``"data"`` for a name).
+        max_images: keep the first N images of each domain (SPCL uses 1000 per domain).
+        source_split: ``None`` = the source *training* images (what SPCL samples);
+            e.g. ``"val"`` where the source has a val split (the synthetic benchmark).
+    Returns:
+        ``{"source": dataset, "target": dataset}``: source resized to its training scale,
+        target = the labelled target val split at the evaluation scale.
     """
     from dataclasses import replace
 
     from pipa_core.data.benchmarks import build_dataset, build_val_dataset, get_benchmark
     from pipa_core.data.transforms import val_pipeline
 
-    spec = get_benchmark(benchmark)
+    cfg = run_or_benchmark
+    if isinstance(cfg, (str, os.PathLike)) and Path(cfg).is_dir():
+        cfg = load_run_config(cfg)
+    if isinstance(cfg, str):
+        spec, root = get_benchmark(cfg), data_root or "data"
+    else:
+        from pipa_core.uda.config import resolve_benchmark
+
+        spec, root = resolve_benchmark(cfg), data_root or cfg.data.data_root
     ref = spec.sources[0] if source_split is None else replace(spec.sources[0], split=source_split)
-    src = build_dataset(
-        ref, data_root, val_pipeline(spec.source_scales[0]), spec.video, spec.ref_offset
-    )
-    tgt = build_val_dataset(spec, data_root)
+    src = build_dataset(ref, root, val_pipeline(spec.source_scales[0]), spec.video, spec.ref_offset)
+    tgt = build_val_dataset(spec, root)
     out = {"source": src, "target": tgt}
     if max_images is not None:
         out = {k: Subset(d, range(min(max_images, len(d)))) for k, d in out.items()}
