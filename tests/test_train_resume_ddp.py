@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -169,3 +171,29 @@ def test_ddp_two_cpu_processes_stay_in_sync(tmp_path):
     assert ck["iteration"] == 3 and ck["world_size"] == 2
     _assert_same(ck["student"], r0["student"], "checkpoint")
     assert (tmp_path / "run" / "checkpoints" / "rng_rank1.pt").is_file()
+
+
+@pytest.mark.slow
+def test_sigterm_checkpoints_and_exits(tmp_path):
+    """A pre-empted job (SIGTERM) finishes its iteration, writes latest.pt and exits with 143."""
+    ensure_synthetic(tmp_path / "data" / "synthetic", size="tiny")
+    cfg_path = tmp_path / "cfg"
+    tiny_pipa(tmp_path / "data", "optim.max_iters=100000").save(cfg_path)
+    run = tmp_path / "run"
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pipa_core.train", "--config", str(cfg_path), "--run-dir", str(run)],
+        cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    metrics = run / "metrics.jsonl"
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and not (metrics.is_file() and metrics.read_text().strip()):
+        assert proc.poll() is None, proc.stderr.read()[-2000:]
+        time.sleep(0.5)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 128 + signal.SIGTERM, err[-2000:]
+    ck = load_checkpoint(run)
+    logged = [int(r.split('"iter": ')[1].split(",")[0]) for r in metrics.read_text().splitlines()]
+    assert ck["iteration"] >= 1 and ck["iteration"] == max(logged)
+    assert "checkpointed at iteration" in err

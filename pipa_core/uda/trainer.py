@@ -369,6 +369,7 @@ class Trainer:
         sums: dict[str, float] = {}
         count, t0, t_start = 0, time.perf_counter(), time.perf_counter()
         evals: list[dict] = []
+        signalled = False
         self.student.train()
         try:
             while self.iteration < stop_at:
@@ -431,20 +432,23 @@ class Trainer:
                     bool(r.keep_checkpoint_interval)
                     and self.iteration % r.keep_checkpoint_interval == 0
                 )
-                stopping = self._stop_signal is not None or self.iteration == stop_at
-                if ckpt_due or keep or stopping:
+                # Every rank stops together, even if only one received the signal.
+                signalled = broadcast_flag(self._stop_signal is not None, self.device)
+                if ckpt_due or keep or signalled or self.iteration == stop_at:
                     self.save(keep=keep)
-                if self._stop_signal is not None:
-                    log.warning(
-                        "signal %d: checkpointed at iteration %d, exiting",
-                        self._stop_signal,
-                        self.iteration,
-                    )
+                if signalled:
+                    log.warning("signal: checkpointed at iteration %d, stopping", self.iteration)
                     break
         finally:
             bar.close()
             for sig, h in old_handlers:
                 signal.signal(sig, h)
+        if signalled:
+            # Do not let a notebook cell or a driver loop carry on as if training had ended.
+            self.logger.close()
+            if self._stop_signal == signal.SIGINT:
+                raise KeyboardInterrupt(f"training interrupted; resume from {self.run_dir}")
+            raise SystemExit(128 + int(self._stop_signal or signal.SIGTERM))
 
         finished = self.iteration >= max_iters
         result: dict[str, Any] = {
