@@ -513,6 +513,7 @@ n_per_class = 100  # pixels per class and domain
 max_pixels = 3000  # cap on the total number of points
 perplexity = 30.0  # t-SNE neighbourhood size (5 to 50)
 tsne_iters = 1000  # t-SNE optimisation iterations
+tsne_threads = 1  # t-SNE threads: raise only on a free many-core machine (None: all cores)
 backend = "sklearn"  # "sklearn", or "opentsne" (pip install openTSNE; faster)
 seed = 0  # seeds the pixel sampling and t-SNE
 out_dir = "figures"  # tsne.png and tsne.json
@@ -549,7 +550,7 @@ from pipa_core.io import atomic_write_json
 from pipa_core.viz import save_figure, tsne_scatter
 
 maps = {
-    t: tsne(e, perplexity=perplexity, max_iter=tsne_iters, seed=seed, backend=backend)
+    t: tsne(e, perplexity=perplexity, max_iter=tsne_iters, seed=seed, backend=backend, threads=tsne_threads)
     for t, e in embeddings.items()
 }
 fig = tsne_scatter(maps)
