@@ -407,7 +407,7 @@ ABLATION = [
     md(r"""
 # Ablation: which self-supervised loss helps?
 
-PiPa's ablation (Table 4 of the paper) adds the losses one at a time on top of
+PiPa's ablation study adds the losses one at a time on top of
 DAFormer self-training: baseline, +pixel, +patch, +both, and on video
 benchmarks +temporal (PiPa++). Each setting × seed runs `train.ipynb` through
 papermill (its executed copy is kept next to the run), then the results are

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset, Subset
 
-#: PiPa's ablation (Table 4 of the paper): DAFormer self-training plus the listed losses.
+#: PiPa's ablation study: DAFormer self-training plus the listed losses.
 ABLATION_SETTINGS: dict[str, tuple[str, ...]] = {
     "baseline": (),
     "+pixel": ("pixel",),
