@@ -17,7 +17,8 @@ engine as it is then):
   ``pipa_core.uda.optim.build_optimizer`` (the trainer's), with random gradients.
 
 Where the engine was optimised, a *reference* row times the previous
-implementation (the 2-D blur kernel; torch's default AdamW) in the same run,
+implementation (the 2-D blur kernel; one ``lerp_`` per EMA tensor; torch's
+default AdamW) in the same run,
 calls interleaved with the engine's, so that before/after is measured under the
 same machine load. Medians of ``--repeats`` calls after one warm-up; ``--name``
 sets the file stem (``engine_ops_<device>``).
@@ -35,6 +36,15 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import benchutil as bu  # noqa: E402
+
+
+@torch.no_grad()
+def _reference_ema(teacher: torch.nn.Module, student: torch.nn.Module, alpha: float = 0.999):
+    """The EMA update as one ``lerp_`` per parameter tensor (the loop the engine had)."""
+    t_params = dict(teacher.named_parameters())
+    for name, s in student.named_parameters():
+        t_params[name].lerp_(s.detach(), 1.0 - alpha)
+
 
 _IMPL_KEYS = ("foreach", "fused", "capturable", "differentiable", "maximize")
 
@@ -130,9 +140,15 @@ def main(argv: Optional[list[str]] = None) -> int:
         teacher = build_teacher(student)
         size = f"{arch}, {sum(q.numel() for q in student.parameters()) / 1e6:.1f}M params"
         res = compare_ms(
-            {"engine": lambda t=teacher, s=student: ema_update(t, s, 0.999)}, clock, repeats
+            {
+                "engine": lambda t=teacher, s=student: ema_update(t, s, 0.999),
+                "reference: lerp_ per tensor": lambda t=teacher, s=student: _reference_ema(t, s),
+            },
+            clock,
+            repeats,
         )
-        add("ema_update", "engine", size, res["engine"])
+        for impl, stats in res.items():
+            add("ema_update", impl, size, stats)
         opt = build_optimizer(student)
         # Reference: torch's default AdamW implementation on the same parameter groups.
         ref = torch.optim.AdamW([{k: v for k, v in g.items() if k not in _IMPL_KEYS} for g in

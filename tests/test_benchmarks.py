@@ -139,6 +139,7 @@ def test_engine_ops(results):
     assert set(ops) == {
         ("gaussian_blur", "engine"), ("gaussian_blur", "reference: 2-D kernel"),
         ("color_jitter", "engine"), ("ema_update", "engine"),
+        ("ema_update", "reference: lerp_ per tensor"),
         ("optimizer_step", "engine"), ("optimizer_step", "reference: AdamW()"),
     }  # fmt: skip
     assert (
