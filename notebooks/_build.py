@@ -50,7 +50,7 @@ from pipa_core.eval.runs import enter_repo_root
 enter_repo_root()  # data/, runs/ and figures/ are relative to the repository root
 if num_threads:
     torch.set_num_threads(int(num_threads))
-pd.set_option("display.precision", 1)
+pd.set_option("display.float_format", "{:.1f}".format)
 """
 
 # --------------------------------------------------------------------------- quickstart
@@ -152,7 +152,7 @@ ax.set_ylabel("IoU (%)")
 ax.set_title("target val IoU per class")
 from pipa_core.viz import save_figure
 
-save_figure(fig, Path(figures_dir) / "quickstart_per_class.png")
+print("saved", save_figure(fig, Path(figures_dir) / "quickstart_per_class.png"))
 """),
     md(r"""
 ## 4. Predictions
@@ -177,7 +177,7 @@ fig = qualitative_grid(
     [s["img"] for s in samples], [s["label"] for s in samples], preds,
     names=[s["name"].split("/")[-1] for s in samples],
 )
-save_figure(fig, Path(figures_dir) / "quickstart_predictions.png")
+print("saved", save_figure(fig, Path(figures_dir) / "quickstart_predictions.png"))
 """),
     md(r"""
 ## 5. The full comparison table
@@ -290,7 +290,7 @@ ax.set_xlabel("iteration")
 ax.set_ylabel("loss")
 ax.legend(fontsize=8)
 ax.set_title(cfg.name)
-save_figure(fig, run / "figures" / "losses.png")
+print("saved", save_figure(fig, run / "figures" / "losses.png"))
 """),
     md("## 4. Result on the target validation split"),
     code("""
@@ -377,7 +377,7 @@ Off-diagonal mass reveals systematic confusions (e.g. sidewalk → road).
 from pipa_core.viz import confusion_heatmap, save_figure
 
 fig = confusion_heatmap(torch.tensor(res["confusion_matrix"]), spec.protocols[0], title=cfg.name)
-save_figure(fig, out / "confusion.png")
+print("saved", save_figure(fig, out / "confusion.png"))
 """),
     md("## 3. Qualitative results"),
     code("""
@@ -391,7 +391,7 @@ fig = qualitative_grid(
     [s["img"] for s in samples], [s["label"] for s in samples], {cfg.name: preds},
     names=[s["name"].split("/")[-1] for s in samples],
 )
-save_figure(fig, out / "qualitative.png")
+print("saved", save_figure(fig, out / "qualitative.png"))
 """),
     md("## 4. Browse the split (drag the slider)"),
     code("""
@@ -477,7 +477,7 @@ table = ablation_table(results, order=list(chosen))
 display(table)
 atomic_write_json(out / "ablation.json", {"runs": results.to_dict("records"), "table": table.reset_index().to_dict("records")})
 fig = ablation_barplot(results, title=f"{benchmark}: {method} + self-supervised losses")
-save_figure(fig, out / "ablation.png")
+print("saved", save_figure(fig, out / "ablation.png"))
 """),
 ]
 
@@ -554,7 +554,7 @@ maps = {
     for t, e in embeddings.items()
 }
 fig = tsne_scatter(maps)
-save_figure(fig, Path(out_dir) / "tsne.png")
+print("saved", save_figure(fig, Path(out_dir) / "tsne.png"))
 atomic_write_json(Path(out_dir) / "tsne.json", {"embedding": embedding, "runs": runs, "maps": {t: m.to_dict() for t, m in maps.items()}})
 """),
 ]
@@ -696,7 +696,7 @@ for ax, (title, panel) in zip(axes, panels.items()):
     ax.imshow(panel)
     ax.set_title(title)
     ax.axis("off")
-save_figure(fig, Path(out_dir) / "video_frames.png")
+print("saved", save_figure(fig, Path(out_dir) / "video_frames.png"))
 """),
     md("## 2. Train with and without temporal contrast"),
     code("""
@@ -753,7 +753,7 @@ for row, (title, res) in zip(axes, results.items()):
         ax.imshow(panel, cmap="gray" if panel.ndim == 2 else None)
         ax.set_title(f"{title}: {name}")
         ax.axis("off")
-save_figure(fig, Path(out_dir) / "video_predictions.png")
+print("saved", save_figure(fig, Path(out_dir) / "video_predictions.png"))
 """),
 ]
 
