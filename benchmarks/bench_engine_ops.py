@@ -50,7 +50,7 @@ _IMPL_KEYS = ("foreach", "fused", "capturable", "differentiable", "maximize")
 
 
 MODELS = {
-    "quickstart": ("daformer_mit_b0", {"decoder_channels": 64, "proj_dim": 32}),
+    "quickstart": None,  # the quickstart preset's model (benchutil.quickstart_model)
     "mit_b5": ("daformer_mit_b5", {}),
 }
 
@@ -134,7 +134,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         res = compare_ms({"engine": lambda img=img, g=g: color_jitter(img, 0.2, g)}, clock, repeats)
         add("color_jitter", "engine", f"3x{c}x{c}", res["engine"])
     for n in names:
-        arch, kwargs = MODELS[n]
+        arch, kwargs = MODELS[n] or bu.quickstart_model()
         torch.manual_seed(0)
         student = build_segmentor(arch, **kwargs).to(device)
         teacher = build_teacher(student)

@@ -15,7 +15,7 @@ engine (``pipa_core.eval.evaluate``): the training crop as window, stride 2/3 of
 
 Models (``--models``):
 
-* ``quickstart``: the quickstart segmentor (MiT-B0, 64-channel DAFormer head) on
+* ``quickstart``: the quickstart preset's segmentor (MiT-B0, small DAFormer head) on
   128x256 synthetic images, windows 128x128.
 * ``mit_b5``: MiT-B5 + DAFormer head on 512x1024 Cityscapes-sized images, windows
   512x512 (``--preset paper``). ``--preset cpu`` halves the image and the window
@@ -42,9 +42,9 @@ DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 # name -> (arch, build kwargs, {preset: (image (H, W), window (H, W))})
 MODELS = {
-    "quickstart": (
+    "quickstart": (  # arch and head width are read from the quickstart preset in main()
         "daformer_mit_b0",
-        {"decoder_channels": 64},
+        {},
         {"paper": ((128, 256), (128, 128)), "cpu": ((128, 256), (128, 128)),
          "smoke": ((64, 128), (64, 64))},
     ),
@@ -162,6 +162,9 @@ def main(argv: Optional[list[str]] = None) -> int:
     rows = []
     for n in names:
         arch, kwargs, sizes = MODELS[n]
+        if n == "quickstart":
+            arch, kwargs = bu.quickstart_model()
+            kwargs.pop("proj_dim", None)
         size_key = preset if preset in sizes else "cpu"
         image, window = sizes[size_key]
         torch.manual_seed(0)

@@ -37,11 +37,12 @@ Three measurements per model configuration:
 
 Model configurations (``--models``):
 
-* ``quickstart``: the ``synthetic_pipa`` preset (MiT-B0, 64-channel DAFormer head,
+* ``quickstart``: the ``synthetic_pipa`` preset (MiT-B0, small DAFormer head,
   128x128 crops, batch 2 + 2, pixel + patch contrast; no feature distance because the
   synthetic preset has no ImageNet weights).
 * ``quickstart_pipa_pp``: the same model with the PiPa++ losses (pixel with memory
-  bank, patch, temporal; ``viper2csseq_pipa_pp`` recipe at quickstart sizes).
+  bank, patch, temporal; ``viper2csseq_pipa_pp`` recipe with the quickstart preset's
+  model, crop and loss sizes).
 * ``mit_b5_512``: ``gta2cs_pipa`` (MiT-B5 + DAFormer head, 512x512, batch 2 + 2,
   feature distance, pixel + patch contrast, 576x576 patch crops).
 * ``mit_b5_640``: the same at 640x640 crops with 720x720 patch crops (PiPa's crop
@@ -60,6 +61,8 @@ import argparse
 import contextlib
 import functools
 import inspect
+import json
+import os
 import statistics
 import sys
 import time
@@ -84,20 +87,30 @@ from pipa_core.uda.trainer import Trainer, build_networks, resolve_amp  # noqa: 
 DTYPES = {"fp32": "off", "bf16": "bf16", "fp16": "fp16"}
 CONTRASTIVE = ("pixel", "patch", "temporal")
 
-# Quickstart-sized model settings (those of the synthetic preset), for the PiPa++ variant.
-_QUICK_MODEL = {
-    "model.arch": "daformer_mit_b0",
-    "model.decoder_channels": 64,
-    "model.proj_dim": 32,
-    "data.crop_size": (128, 128),
-    "losses.patch.crop_size": 96,
-    "losses.pixel.max_anchors": 512,
-    "losses.patch.max_locations": 512,
-    "losses.patch.num_negatives": 1024,
-    "losses.temporal.max_locations": 512,
-    "losses.temporal.num_negatives": 1024,
-    "uda.fd_lambda": 0.0,  # as the synthetic preset: no ImageNet weights offline
-}
+# Settings copied from the quickstart (synthetic) preset for the PiPa++ variant, so that
+# both quickstart rows always use the same model whatever the preset currently says.
+_QUICK_KEYS = (
+    "model.arch", "model.decoder_channels", "model.proj_dim", "losses.patch.crop_size",
+    "losses.pixel.max_anchors", "losses.patch.max_locations", "losses.patch.num_negatives",
+    "uda.ema_alpha", "uda.pseudo_threshold",
+)  # fmt: skip
+
+
+def quickstart_settings() -> dict:
+    """Overrides that give any preset the quickstart's model, crop and loss sizes."""
+    q = uda_config.make_config("synthetic", "pipa")
+    over = {}
+    for key in _QUICK_KEYS:
+        section, name = key.split(".", 1)
+        node = getattr(q, section)
+        for part in name.split("."):
+            node = getattr(node, part)
+        over[key] = node
+    over["data.crop_size"] = tuple(uda_config.resolve_benchmark(q).crop_size)
+    over["losses.temporal.max_locations"] = q.losses.patch.max_locations
+    over["losses.temporal.num_negatives"] = q.losses.patch.num_negatives
+    over["uda.fd_lambda"] = 0.0  # as the synthetic preset: no ImageNet weights offline
+    return over
 
 
 @dataclass(frozen=True)
@@ -126,7 +139,7 @@ MODELS: dict[str, ModelSpec] = {
     "quickstart_pipa_pp": ModelSpec(
         "viper2csseq",
         "pipa_pp",
-        _QUICK_MODEL,
+        {"quickstart": True},
         smoke=_SMOKE,
         label="MiT-B0 quickstart, PiPa++ losses (pixel+bank, patch, temporal)",
     ),
@@ -164,6 +177,8 @@ def build_config(name: str, preset: str, dtype: str, channels_last: bool, device
     spec = MODELS[name]
     cfg = uda_config.make_config(spec.benchmark, spec.method)
     over = dict(spec.overrides)
+    if over.pop("quickstart", False):
+        over.update(quickstart_settings())
     reduced = False
     if preset == "cpu" and spec.cpu:
         over.update(spec.cpu)
@@ -636,6 +651,8 @@ def bench_model(name: str, args, device: torch.device) -> dict:
         "reduced": reduced,
         "warmup": warmup,
         "iters": iters,
+        "measured_utc": bu.machine_record(device)["date_utc"],
+        "load_avg_1min": round(os.getloadavg()[0], 2),
         "memory_before_build_mib": base_mib,
         "step": step,
         "phases": phases,
@@ -775,6 +792,9 @@ def main(argv: Optional[list[str]] = None) -> int:
                    help="torch CPU threads (default 1 on CPU: see docs/performance.md)")  # fmt: skip
     p.add_argument("--out", type=Path, default=bu.RESULTS)
     p.add_argument("--name", default="train_step", help="result file stem")
+    p.add_argument("--update", action="store_true",
+                   help="keep the other configurations of an existing result file (each row "
+                        "records its own date and load)")  # fmt: skip
     args = p.parse_args(argv)
 
     device = bu.parse_device(args.device)
@@ -800,7 +820,11 @@ def main(argv: Optional[list[str]] = None) -> int:
         "batches": "synthetic tensors (smooth random images, blocky 12-class labels)",
     }
     stem = args.name if args.dtype == "fp32" else f"{args.name}_{args.dtype}"
-    results = []
+    results: list[dict] = []
+    previous: list[dict] = []
+    path = args.out / f"{stem}_{device.type}.json"
+    if args.update and path.is_file():
+        previous = [r for r in json.loads(path.read_text())["results"] if r["name"] not in names]
     abl = args.ablation
     for n in names:
         quick = n.startswith("quickstart") and args.preset != "smoke"
@@ -808,8 +832,10 @@ def main(argv: Optional[list[str]] = None) -> int:
         results.append(bench_model(n, args, device))
         # Written after every configuration: a long CPU run keeps what it measured.
         meta["complete"] = len(results) == len(names)
-        payload = {"meta": meta, "results": results}
-        bu.write_results(args.out, stem, device, payload, to_markdown(meta, results))
+        rows = sorted(previous + results, key=lambda r: list(MODELS).index(r["name"]))
+        bu.write_results(
+            args.out, stem, device, {"meta": meta, "results": rows}, to_markdown(meta, rows)
+        )
     args.ablation = abl
     return 0
 

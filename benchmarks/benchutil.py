@@ -125,6 +125,16 @@ def reexec_for_rss(device: str) -> None:
         os.execve(sys.executable, [sys.executable, *sys.argv], env)
 
 
+def quickstart_model() -> tuple[str, dict[str, Any]]:
+    """``(arch, build_segmentor kwargs)`` of the quickstart preset (``synthetic_pipa``) as it is now."""
+    from pipa_core.uda.config import make_config
+
+    m = make_config("synthetic", "pipa").model
+    kwargs = {k: v for k, v in (("decoder_channels", m.decoder_channels),
+                                ("proj_dim", m.proj_dim)) if v is not None}  # fmt: skip
+    return m.arch, kwargs
+
+
 # ----------------------------------------------------------------------------- timing
 class Clock:
     """Host clock that first waits for the CUDA device (no-op sync on CPU)."""
