@@ -214,6 +214,12 @@ class Trainer:
         self._stop_signal: Optional[int] = None
         if r.resume:
             self.resume()
+        elif ckpt.find_latest(self.run_dir) is not None and self.info.is_main:
+            log.warning(
+                "%s already holds a checkpoint; starting from scratch and overwriting it "
+                "(pass --resume / runtime.resume=true to continue it instead)",
+                self.run_dir,
+            )
         resumed_at = self.iteration if r.resume else None
         self.logger = RunLogger(self.run_dir, self.info.is_main, r.tensorboard, resumed_at)
         if self.info.is_main:
