@@ -5,17 +5,17 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import matplotlib
+import numpy as np
+import pandas as pd
+import seaborn as sns
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-import seaborn as sns  # noqa: E402
+# A bare Figure (no pyplot) renders off-screen without touching the global
+# backend, so importing this module never stops notebooks from showing figures.
+from matplotlib.figure import Figure
 
-from pipa_core.data.labels import CLASSES, PALETTE, colorize  # noqa: E402
-from pipa_core.data.synthetic.cache import image_path, read_manifest  # noqa: E402
-from pipa_core.data.synthetic.dataset import read_image, read_label  # noqa: E402
+from pipa_core.data.labels import CLASSES, PALETTE, colorize
+from pipa_core.data.synthetic.cache import image_path, read_manifest
+from pipa_core.data.synthetic.dataset import read_image, read_label
 
 
 def class_frequency_table(root: str | os.PathLike) -> pd.DataFrame:
@@ -39,7 +39,7 @@ def make_dataset_card(
     """
     root, out_path = Path(root), Path(out_path)
     man = read_manifest(root)
-    fig = plt.figure(figsize=(4.2 * n_examples, 11.5), dpi=110)
+    fig = Figure(figsize=(4.2 * n_examples, 11.5), dpi=110)
     grid = fig.add_gridspec(5, n_examples, height_ratios=[1, 1, 1, 1, 2.4])
     for r, domain in enumerate(("source", "target")):
         n = man["counts"][f"{domain}/train"]
@@ -78,6 +78,5 @@ def make_dataset_card(
     out_path.parent.mkdir(parents=True, exist_ok=True)
     tmp = out_path.with_name(f".{out_path.stem}.tmp.png")
     fig.savefig(tmp)
-    plt.close(fig)
     os.replace(tmp, out_path)
     return out_path
