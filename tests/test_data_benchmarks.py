@@ -43,7 +43,7 @@ def data_root(tmp_path_factory):
 
 
 def test_presets_are_complete_and_consistent():
-    assert set(REAL) | {"synthetic"} == set(BENCHMARKS)
+    assert set(REAL) | {"synthetic", "synthetic_seq"} == set(BENCHMARKS)
     for spec in BENCHMARKS.values():
         assert all(p in PROTOCOLS for p in spec.protocols)
         assert len(spec.source_scales) == len(spec.sources)
@@ -61,7 +61,9 @@ def test_presets_are_complete_and_consistent():
     assert get_benchmark("synseq2csseq").protocols == ("synseq11",)
     syn = get_benchmark("synthetic")
     assert syn.crop_size == (128, 128) and syn.target_scale == (128, 256)
-    assert syn.protocols == ("cs19",) and not syn.rcs
+    assert syn.protocols == ("cs19",) and not syn.rcs and not syn.video
+    seq = get_benchmark("synthetic_seq")
+    assert seq.video and seq.ref_offset == 1 and seq.crop_size == syn.crop_size
     with pytest.raises(DatasetError, match="valid names: gta2cs, syn2cs"):
         get_benchmark("gta2city")
 
@@ -107,3 +109,23 @@ def test_synthetic_preset_uses_embedded_benchmark(tmp_path):
     assert val[0]["img"].shape == (3, 32, 64) and (val[0]["label"] != 255).any()
     assert (tmp_path / "synthetic" / "source" / "train" / "images").is_dir()
     assert torch.equal(train[0]["source"]["img"], item["source"]["img"])  # deterministic items
+
+
+def test_synthetic_seq_preset_trains_on_sequences_and_validates_on_images(tmp_path):
+    from pipa_core.data.synthetic import SyntheticDataset, SyntheticSequenceDataset
+
+    spec = synthetic_benchmark("tiny", video=True)
+    train = build_train_dataset(spec, tmp_path, seed=0)
+    item = train[0]
+    for dom in ("source", "target"):
+        key, ref = item[dom]["img"], item[dom]["img_ref"]
+        assert key.shape == ref.shape == (3, 32, 32)
+        assert item[dom]["ref_offset"] in (1, -1)
+        assert not torch.equal(key, ref)  # the next frame: the camera and objects moved
+    assert (item["source"]["label"] != 255).any() and (item["target"]["label"] == 255).all()
+    root = tmp_path / "synthetic"
+    n_frames = len(SyntheticSequenceDataset(root, "source"))
+    assert len(train.sources[0]) == n_frames  # every frame of every sequence is a key frame
+    val = build_val_dataset(spec, tmp_path)
+    assert len(val) == len(SyntheticDataset(root, "target", "val"))
+    assert "img_ref" not in val[0]

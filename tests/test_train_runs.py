@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 
 import data_fixtures as fx
 import pytest
@@ -246,3 +247,27 @@ def test_mixed_precision_paths_run_on_cpu(synthetic_root, tmp_path, amp):
     assert result["finished"] and result["skipped_steps"] == 0
     assert all(torch.isfinite(p).all() for p in trainer.student.parameters())
     assert "scale" in load_checkpoint(tmp_path / "run")["scaler"] or amp == "bf16"
+
+
+def test_synthetic_sequences_train_pipa_pp_with_temporal_contrast(synthetic_root, tmp_path):
+    cfg = apply_overrides(
+        get_preset("synthetic_seq_pipa_pp"),
+        [
+            *TINY_MODEL,
+            "data.synthetic_size=tiny",
+            f"data.data_root={synthetic_root}",
+            "losses.patch.crop_size=32",
+            "optim.max_iters=2",
+            "optim.warmup_iters=1",
+            "eval.max_samples=2",
+            f"runtime.run_dir={tmp_path / 'run'}",
+        ],
+    )
+    assert resolve_benchmark(cfg).video and "temporal" in cfg.losses.enabled
+    result = Trainer(cfg).fit()
+    assert result["finished"] and result["skipped_steps"] == 0
+    rows = [json.loads(r) for r in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    train_rows = [r for r in rows if r["kind"] == "train"]
+    assert train_rows and all(
+        r["temporal"] > 0 and math.isfinite(r["temporal"]) for r in train_rows
+    )

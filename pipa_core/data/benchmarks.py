@@ -125,12 +125,16 @@ BENCHMARKS: dict[str, BenchmarkSpec] = {
 }  # fmt: skip
 
 
-def synthetic_benchmark(size: str = "default", seed: int = 0) -> BenchmarkSpec:
+def synthetic_benchmark(size: str = "default", seed: int = 0, video: bool = False) -> BenchmarkSpec:
     """The embedded synthetic benchmark (``pipa_core.data.synthetic``) at a size preset.
 
     Images are used at their generated size (128x256 for ``"default"``) with
     square crops of the image height (128x128); class protocol ``cs19``; no RCS.
     The cache is generated under ``<data_root>/synthetic`` on first use.
+
+    ``video=True`` gives ``synthetic_seq``: source and target *sequences* for
+    training (key frame + the next frame as reference, for temporal contrast),
+    evaluated on the target val images (the sequences are not held out).
     """
     from pipa_core.data.synthetic import PRESETS
 
@@ -143,18 +147,21 @@ def synthetic_benchmark(size: str = "default", seed: int = 0) -> BenchmarkSpec:
         return DatasetRef("synthetic", "synthetic", split, labelled, (("domain", domain), *gen))
 
     return BenchmarkSpec(
-        "synthetic",
+        "synthetic_seq" if video else "synthetic",
         (ref("source", "train", True),),
         ref("target", "train", False),
         ref("target", "val", True),
         ((h, w),),
         (h, w),
         crop_size=(h, h),
+        video=video,
+        ref_offset=1,
         notes="embedded benchmark, generated on first use (pipa_core.data.synthetic)",
     )
 
 
 BENCHMARKS["synthetic"] = synthetic_benchmark()
+BENCHMARKS["synthetic_seq"] = synthetic_benchmark(video=True)
 
 
 def get_benchmark(name: str) -> BenchmarkSpec:
@@ -225,7 +232,7 @@ def _synthetic(root: Path, ref: DatasetRef, t: Transform, video: bool, off: int,
     root = ensure_synthetic(root, **o)
     if not ref.labelled:  # the synthetic target stores labels; UDA must not see them
         t = Compose([DropLabel()] + ([t] if t is not None else []))
-    if video:
+    if video and ref.split != "val":  # sequences train; val stays the held-out images
         return SyntheticSequenceDataset(root, domain, ref_offset=off, transform=t)
     return SyntheticDataset(root, domain, ref.split, transform=t)
 

@@ -504,6 +504,10 @@ def _real_schedule(c: TrainConfig, benchmark: str, method: str) -> None:
     c.losses.patch.crop_size = 576  # 9/8 of the crop, as 720 for PiPa's 640 crops
 
 
+#: The embedded benchmarks (still images; sequences for temporal contrast).
+SYNTHETIC_BENCHMARKS = ("synthetic", "synthetic_seq")
+
+
 def _synthetic_schedule(c: TrainConfig) -> None:
     """Quickstart on the embedded benchmark: MiT-B0, reduced decoder, 128x128 crops, 2 CPU cores."""
     c.data.benchmark = "synthetic"
@@ -547,16 +551,18 @@ def make_config(benchmark: str, method: str = "pipa", **sections: Any) -> TrainC
     if benchmark not in BENCHMARKS:
         raise ConfigError(f"unknown benchmark {benchmark!r}; valid: {', '.join(BENCHMARKS)}")
     c = TrainConfig(name=f"{benchmark}_{method}", method=method)
-    if benchmark == "synthetic":
+    synthetic = benchmark in SYNTHETIC_BENCHMARKS
+    if synthetic:
         _synthetic_schedule(c)
+        c.data.benchmark = benchmark
     else:
         _real_schedule(c, benchmark, method)
     METHODS[method](c)
-    if method == "hrda" and benchmark != "synthetic":
+    if method == "hrda" and not synthetic:
         from pipa_core.uda.hrda import apply_hrda_schedule
 
         apply_hrda_schedule(c, BENCHMARKS[benchmark])
-    if benchmark == "synthetic":
+    if synthetic:
         # No ImageNet weights offline: the frozen "ImageNet" encoder would be random.
         c.uda.fd_lambda = 0.0
     flat = {f"{s}.{k}": v for s, kv in sections.items() for k, v in kv.items()}
@@ -596,8 +602,8 @@ def resolve_benchmark(cfg: TrainConfig):
     from pipa_core.data.benchmarks import get_benchmark, synthetic_benchmark
 
     d = cfg.data
-    if d.benchmark == "synthetic":
-        spec = synthetic_benchmark(d.synthetic_size)
+    if d.benchmark in SYNTHETIC_BENCHMARKS:
+        spec = synthetic_benchmark(d.synthetic_size, video=d.benchmark == "synthetic_seq")
     else:
         spec = get_benchmark(d.benchmark)
     changes: dict[str, Any] = {}
