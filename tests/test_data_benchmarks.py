@@ -129,3 +129,14 @@ def test_synthetic_seq_preset_trains_on_sequences_and_validates_on_images(tmp_pa
     val = build_val_dataset(spec, tmp_path)
     assert len(val) == len(SyntheticDataset(root, "target", "val"))
     assert "img_ref" not in val[0]
+
+
+def test_frame_pairs_for_temporal_consistency(tmp_path):
+    from pipa_core.data.benchmarks import build_frame_pairs_dataset
+
+    pairs = build_frame_pairs_dataset(synthetic_benchmark("tiny", video=True), tmp_path)
+    item = pairs[0]
+    assert item["img"].shape == item["img_ref"].shape == (3, 32, 64)
+    assert (item["label"] != 255).any()  # labelled target frames, unlike UDA training
+    with pytest.raises(DatasetError, match="no reference frames.*synthetic_seq"):
+        build_frame_pairs_dataset(synthetic_benchmark("tiny"), tmp_path)

@@ -243,3 +243,23 @@ def test_video_notebook_on_viper_to_cityscapes_seq(video_root, tmp_path):
     assert "temporal" in cfg["losses"]["enabled"]
     for f in ("video_frames.png", "video_predictions.png"):
         assert (tmp_path / "vid" / f).stat().st_size > 0
+
+
+@pytest.mark.slow
+def test_video_notebook_on_synthetic_sequences(data_root, tmp_path):
+    """The default video benchmark: PiPa vs PiPa++ on the embedded sequences (tiny)."""
+    small = [
+        "data.synthetic_size=tiny", "model.decoder_channels=16", "model.proj_dim=8",
+        "losses.patch.crop_size=32", "optim.max_iters=2", "optim.warmup_iters=1",
+        "runtime.num_threads=1", "runtime.tensorboard=false",
+    ]  # fmt: skip
+    run_notebook(
+        "video", tmp_path, data_root=str(data_root), overrides=small, eval_max_samples=2,
+        max_pairs=2, out_dir="vid",
+    )  # fmt: skip
+    out = json.loads((tmp_path / "vid" / "video.json").read_text())
+    assert out["benchmark"] == "synthetic_seq"
+    for c in out["consistency"].values():
+        assert c["num_pairs"] == 2 and 0 <= c["pixel_agreement"] <= 100
+    cfg = json.loads((tmp_path / "vid" / "synthetic_seq_pipa_pp_s0" / "config.json").read_text())
+    assert "temporal" in cfg["losses"]["enabled"]

@@ -10,6 +10,7 @@ Cityscapes 1024x512, ACDC / Dark Zurich 960x540) with 512x512 crops.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -324,3 +325,26 @@ def build_val_dataset(
     """The labelled evaluation split, images resized to ``spec.target_scale``."""
     t = val_pipeline(spec.target_scale, resize_label)
     return build_dataset(spec.val, data_root, t, spec.video, spec.ref_offset)
+
+
+def build_frame_pairs_dataset(
+    spec: BenchmarkSpec, data_root: str | os.PathLike = "data", resize_label: bool = True
+) -> Dataset:
+    """Labelled target key frames with their reference frame, for temporal consistency.
+
+    Items are ``{"img", "img_ref", "ref_offset", "label", "name"}``. Real video
+    benchmarks use their evaluation split (Cityscapes-Seq val: the annotated 20th
+    frame of each snippet and its neighbour); the embedded ``synthetic_seq``
+    benchmark uses its target sequences, whose frames are all labelled.
+    Raises :class:`DatasetError` for a benchmark without reference frames.
+    """
+    if not spec.video:
+        raise DatasetError(
+            f"benchmark {spec.name!r} has no reference frames; use a video benchmark "
+            f"({', '.join(n for n, s in BENCHMARKS.items() if s.video)})"
+        )
+    t = val_pipeline(spec.target_scale, resize_label)
+    ref = spec.val
+    if ref.name == "synthetic":  # its val split is still images; the sequences carry labels
+        ref = dataclasses.replace(spec.target, labelled=True)
+    return build_dataset(ref, data_root, t, True, spec.ref_offset)
