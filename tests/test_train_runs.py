@@ -271,3 +271,21 @@ def test_synthetic_sequences_train_pipa_pp_with_temporal_contrast(synthetic_root
     assert train_rows and all(
         r["temporal"] > 0 and math.isfinite(r["temporal"]) for r in train_rows
     )
+
+
+def test_real_benchmark_is_scored_at_full_label_resolution(real_root, tmp_path):
+    """Images are resized to the target scale, labels are not: evaluate() upsamples the logits."""
+    from pipa_core.data.synthetic.dataset import read_label
+    from pipa_core.uda.data_stream import build_datasets
+
+    cfg = apply_overrides(
+        get_preset("gta2cs_dacs"),
+        [f"data.data_root={real_root}", "data.target_scale=16,32", "data.source_scale=16,32",
+         "data.crop_size=16,16", "data.rcs=false"],
+    )  # fmt: skip
+    _, val = build_datasets(cfg, resolve_benchmark(cfg))
+    item = val[0]
+    files = sorted((real_root / "cityscapes" / "gtFine" / "val").rglob("*_labelTrainIds.png"))
+    full = read_label(files[0])
+    assert item["img"].shape[-2] == 16  # resized (keep-ratio) to the target scale
+    assert item["label"].shape == full.shape and full.shape[-1] > 32

@@ -66,7 +66,9 @@ def build_datasets(cfg: TrainConfig, spec) -> tuple[Dataset, Dataset]:
                 for s in sources
             ]
     train = UDADataset(sources, target, samplers, "random", cfg.runtime.seed)
-    val = build_val_dataset(spec, root)
+    # Labels keep their full resolution and evaluate() upsamples the logits to it:
+    # the protocol behind the published numbers (e.g. Cityscapes scored at 2048x1024).
+    val = build_val_dataset(spec, root, resize_label=False)
     return train, val
 
 
