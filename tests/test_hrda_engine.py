@@ -142,6 +142,13 @@ def test_synthetic_hrda_trains_through_the_engine(synthetic_root, tmp_path):
     assert [r["iter"] for r in train_rows] == [1, 2, 3]
     for term in ("ce_src", "ce_mix", "pixel", "patch"):
         assert all(torch.isfinite(torch.tensor(r[term])) for r in train_rows), term
+    # The analysis notebooks reload the run as the same multi-resolution model.
+    from pipa_core.eval.runs import load_segmentor
+
+    loaded = load_segmentor(tmp_path / "run")
+    assert isinstance(loaded, HRDASegmentor) and loaded.detail_size == seg.detail_size
+    for k, v in seg.state_dict().items():
+        assert torch.equal(loaded.state_dict()[k], v), k
 
 
 def test_memory_benchmark_measures_an_engine_step(tmp_path):

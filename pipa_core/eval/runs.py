@@ -61,8 +61,13 @@ def load_run_config(run: str | os.PathLike):
 
 
 def build_segmentor_for(cfg) -> nn.Module:
-    """A freshly initialised segmentor shaped like the run's (same arch, decoder, projection heads)."""
-    from pipa_core.models import build_segmentor
+    """A freshly initialised segmentor shaped like the run's (same arch, decoder, projection heads).
+
+    Built by the trainer's own ``build_student``, so HRDA runs (``hrda_*`` archs)
+    come back as multi-resolution segmentors with their scale attention.
+    """
+    from pipa_core.uda.config import resolve_benchmark
+    from pipa_core.uda.hrda import build_student
 
     m = cfg.model
     heads = tuple(n for n in ("pixel", "patch", "temporal") if n in cfg.losses.enabled)
@@ -71,7 +76,11 @@ def build_segmentor_for(cfg) -> nn.Module:
         kwargs["proj_dim"] = m.proj_dim
     if m.decoder_channels is not None:
         kwargs["decoder_channels"] = m.decoder_channels
-    return build_segmentor(m.arch, num_classes=19, pretrained=None, **kwargs)
+    crop = resolve_benchmark(cfg).crop_size
+    return build_student(
+        m.arch, crop, m.hrda_detail_ratio, m.hrda_hr_loss_weight,
+        num_classes=19, pretrained=None, **kwargs,
+    )  # fmt: skip
 
 
 def load_segmentor(
