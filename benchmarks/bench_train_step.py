@@ -218,7 +218,10 @@ class Engine(SimpleNamespace):
         else:
             student, nets = build_networks(cfg, device)
         if compile_student:
-            nets.student = torch.compile(nets.student)
+            # Static shapes: the step feeds the student three input sizes (crop, patch crops,
+            # temporal frames); with dynamic shapes Inductor (torch 2.14) fails on the second
+            # one ("cannot determine truth value of Relational"), see docs/performance.md.
+            nets.student = torch.compile(nets.student, dynamic=False)
         o = cfg.optim
         optimizer = build_optimizer(
             student, o.lr, o.weight_decay, o.head_lr_mult, tuple(o.betas),
