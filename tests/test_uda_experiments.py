@@ -8,7 +8,12 @@ import pytest
 
 import pipa_core.uda.trainer as trainer_mod
 from pipa_core.data.synthetic import ensure_synthetic
-from pipa_core.uda.experiments import run_quickstart_table, summarize_runs, to_markdown
+from pipa_core.uda.experiments import (
+    quickstart_config,
+    run_quickstart_table,
+    summarize_runs,
+    to_markdown,
+)
 
 
 def _result(miou: float, seed: int) -> dict:
@@ -79,3 +84,30 @@ def test_quickstart_table_end_to_end_and_reuse(tmp_path, monkeypatch):
     # A changed configuration is not reused.
     with pytest.raises(AssertionError, match="trained again"):
         run_quickstart_table(**{**kw, "overrides": [*overrides, "optim.lr=1e-3"]})
+
+
+def test_quickstart_table_resumes_an_interrupted_run(tmp_path):
+    ensure_synthetic(tmp_path / "data" / "synthetic", size="tiny")
+    overrides = [
+        "data.synthetic_size=tiny",
+        "model.decoder_channels=16",
+        "model.proj_dim=8",
+        "optim.max_iters=3",
+        "runtime.log_interval=1",
+        "runtime.num_threads=1",
+        "runtime.tensorboard=false",
+        "eval.max_samples=2",
+    ]
+    data_root = str(tmp_path / "data")
+    cfg = quickstart_config(
+        "source_only", 0, tmp_path / "qs", data_root, [*overrides, "runtime.stop_after=2"]
+    )
+    assert not trainer_mod.train(cfg)["finished"]  # interrupted after 2 of 3 iterations
+    table = run_quickstart_table(
+        methods=("source_only",), seeds=(0,), out_dir=tmp_path / "qs", data_root=data_root,
+        overrides=overrides, progress=False,
+    )  # fmt: skip
+    assert table["rows"][0]["iterations"] == 3
+    rows = (tmp_path / "qs" / "source_only" / "seed0" / "metrics.jsonl").read_text().splitlines()
+    train_iters = [json.loads(r)["iter"] for r in rows if json.loads(r)["kind"] == "train"]
+    assert train_iters == [1, 2, 3]  # iterations 1-2 from the first process, 3 resumed

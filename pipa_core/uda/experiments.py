@@ -5,7 +5,8 @@ per seed on the synthetic sim-to-real benchmark, evaluates on the target val
 split, and writes a results table (``results.json`` + ``results.md``) with the
 mean ± std over seeds, the domain gap (oracle − source-only) and the fraction
 of the gap each method closes. Finished runs are reused, so re-running the
-notebook (or resuming after an interruption) only trains what is missing.
+notebook only trains what is missing, and an interrupted run of the same
+configuration is resumed from its checkpoint.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from pipa_core.io import atomic_write_json, atomic_write_text
+from pipa_core.uda.checkpoint import find_latest
 from pipa_core.uda.config import TrainConfig, apply_overrides, make_config
 
 #: Row labels of the table.
@@ -52,19 +54,27 @@ def quickstart_config(
     )
 
 
-def _finished_result(cfg: TrainConfig) -> dict | None:
-    """The result of an earlier finished run with the same configuration, if any."""
-    run = cfg.resolved_run_dir
+def _same_config(cfg: TrainConfig) -> bool:
+    """Whether the run directory holds a run of ``cfg`` (runtime settings aside)."""
     try:
-        saved = json.loads((run / "config.json").read_text())
-        result = json.loads((run / "result.json").read_text())
+        saved = json.loads((cfg.resolved_run_dir / "config.json").read_text())
     except (FileNotFoundError, json.JSONDecodeError):
-        return None
+        return False
     mine = cfg.to_dict()
-    same = {k: v for k, v in saved.items() if k != "runtime"} == {
+    return {k: v for k, v in saved.items() if k != "runtime"} == {
         k: v for k, v in mine.items() if k != "runtime"
     }
-    return result if same and result.get("finished") else None
+
+
+def _finished_result(cfg: TrainConfig) -> dict | None:
+    """The result of an earlier finished run with the same configuration, if any."""
+    if not _same_config(cfg):
+        return None
+    try:
+        result = json.loads((cfg.resolved_run_dir / "result.json").read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None
+    return result if result.get("finished") else None
 
 
 def summarize_runs(results: dict[str, list[dict]], protocol: str = "cs19") -> dict[str, Any]:
@@ -160,6 +170,9 @@ def run_quickstart_table(
             cfg = quickstart_config(method, seed, out_dir, data_root, extra)
             result = _finished_result(cfg) if reuse else None
             if result is None:
+                if reuse and _same_config(cfg) and find_latest(cfg.resolved_run_dir):
+                    # an interrupted run of the same configuration: continue it
+                    cfg = apply_overrides(cfg, ["runtime.resume=true"])
                 result = train(cfg)
             result["seed"] = seed
             results.setdefault(method, []).append(result)
