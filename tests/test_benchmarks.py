@@ -26,6 +26,16 @@ def _load(name: str):
     return mod
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _restore_threads():
+    """The scripts set 1 torch thread on CPU; give the rest of the test session its own."""
+    import torch
+
+    n = torch.get_num_threads()
+    yield
+    torch.set_num_threads(n)
+
+
 @pytest.fixture(scope="module")
 def results(tmp_path_factory) -> Path:
     """Run the whole suite once, in-process, at smoke sizes."""
