@@ -16,6 +16,7 @@ the two views.
 from __future__ import annotations
 
 import torch
+from torch import nn
 
 from pipa_core.losses.infonce import info_nce, zero_loss
 from pipa_core.losses.memory_bank import ClassMemoryBank
@@ -103,3 +104,31 @@ def location_contrast(
     if memory_bank is not None and update_bank and negs.shape[0] > 0:
         memory_bank.enqueue(negs, torch.zeros(negs.shape[0], dtype=torch.long, device=dev))
     return loss + zero_loss(f1, f2)
+
+
+class LocationContrastLoss(nn.Module):
+    """Settings shared by the patch and temporal losses (subclasses define ``forward``).
+
+    Args:
+        temperature: tau of ``r(a, b) = exp(cos(a, b) / tau)``.
+        max_locations: matched locations sampled per call (``None``: all).
+        num_negatives: extra negatives from the other locations of both views
+            (``None``: all, 0: none beyond the other sampled locations).
+        memory_bank: optional :class:`ClassMemoryBank` (``num_classes=1``) of past negatives.
+        chunk_size: anchor rows per InfoNCE chunk.
+    """
+
+    def __init__(
+        self,
+        temperature: float = 0.1,
+        max_locations: int | None = 1024,
+        num_negatives: int | None = 3200,
+        memory_bank: ClassMemoryBank | None = None,
+        chunk_size: int | None = 1024,
+    ) -> None:
+        super().__init__()
+        self.temperature = temperature
+        self.max_locations = max_locations
+        self.num_negatives = num_negatives
+        self.memory_bank = memory_bank
+        self.chunk_size = chunk_size

@@ -27,10 +27,8 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
-from pipa_core.losses.location import location_contrast
-from pipa_core.losses.memory_bank import ClassMemoryBank
+from pipa_core.losses.location import LocationContrastLoss, location_contrast
 
 
 @dataclass
@@ -272,7 +270,7 @@ def patch_correspondence(
     return torch.cat(out1).to(dev), torch.cat(out2).to(dev)
 
 
-class PatchContrastLoss(nn.Module):
+class PatchContrastLoss(LocationContrastLoss):
     """PiPa patch-wise contrastive loss between two overlapping crops.
 
     Args:
@@ -284,22 +282,6 @@ class PatchContrastLoss(nn.Module):
             negatives (official: the last 3 steps, i.e. size 3 * 3200).
         chunk_size: anchor rows per InfoNCE chunk.
     """
-
-    def __init__(
-        self,
-        temperature: float = 0.1,
-        max_locations: int | None = 1024,
-        num_negatives: int | None = 3200,
-        memory_bank: ClassMemoryBank | None = None,
-        chunk_size: int | None = 1024,
-    ) -> None:
-        super().__init__()
-        self.temperature, self.max_locations, self.num_negatives = (
-            temperature,
-            max_locations,
-            num_negatives,
-        )
-        self.memory_bank, self.chunk_size = memory_bank, chunk_size
 
     def forward(
         self,

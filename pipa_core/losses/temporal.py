@@ -10,13 +10,11 @@ is symmetric in the two frames (:mod:`pipa_core.losses.location`).
 from __future__ import annotations
 
 import torch
-from torch import nn
 
-from pipa_core.losses.location import location_contrast
-from pipa_core.losses.memory_bank import ClassMemoryBank
+from pipa_core.losses.location import LocationContrastLoss, location_contrast
 
 
-class TemporalContrastLoss(nn.Module):
+class TemporalContrastLoss(LocationContrastLoss):
     """PiPa++ temporal contrastive loss.
 
     Args:
@@ -27,22 +25,6 @@ class TemporalContrastLoss(nn.Module):
         memory_bank: optional :class:`ClassMemoryBank` (``num_classes=1``) of past negatives.
         chunk_size: anchor rows per InfoNCE chunk.
     """
-
-    def __init__(
-        self,
-        temperature: float = 0.1,
-        max_locations: int | None = 1024,
-        num_negatives: int | None = 3200,
-        memory_bank: ClassMemoryBank | None = None,
-        chunk_size: int | None = 1024,
-    ) -> None:
-        super().__init__()
-        self.temperature, self.max_locations, self.num_negatives = (
-            temperature,
-            max_locations,
-            num_negatives,
-        )
-        self.memory_bank, self.chunk_size = memory_bank, chunk_size
 
     def forward(
         self,
