@@ -255,3 +255,26 @@ def check_prepared(labels: list[Path], dataset: str, root: Path, where: Path) ->
             f"prepared. Run `{prepare_command(_cli(dataset), root)}` once to convert its labels to "
             "Cityscapes train IDs."
         )
+
+
+def flat_records(
+    root: Path, img_sub: str | Path, lbl_sub: str | Path, dataset: str, layout: str
+) -> list[Record]:
+    """Records of a flat tree: ``<root>/<img_sub>/<name>.png`` with a prepared
+    ``<root>/<lbl_sub>/<name>_labelTrainIds.png`` (GTA5, SYNTHIA-RAND-CITYSCAPES).
+
+    Raises :class:`DatasetError` naming ``layout`` and the preparation command for a
+    missing folder, an unprepared tree, or an image without its label (or the reverse).
+    """
+    img_dir = require_dir(root / img_sub, dataset, root, layout)
+    lbl_dir = require_dir(root / lbl_sub, dataset, root, layout)
+    labels = sorted(lbl_dir.glob(f"*{TRAIN_ID_SUFFIX}"))
+    check_prepared(labels, dataset, root, lbl_dir)
+    pairs = pair_files(
+        img_dir.glob("*.png"),
+        labels,
+        img_key=lambda p: p.stem,
+        label_key=lambda p: strip_suffix(p, TRAIN_ID_SUFFIX),
+        dataset=dataset,
+    )
+    return [Record(i, lb, i.stem) for i, lb in pairs]

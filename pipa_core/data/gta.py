@@ -15,14 +15,10 @@ from pathlib import Path
 from typing import Optional
 
 from pipa_core.data.base import (
-    TRAIN_ID_SUFFIX,
     PairedFileDataset,
     Record,
     Transform,
-    check_prepared,
-    pair_files,
-    require_dir,
-    strip_suffix,
+    flat_records,
 )
 
 LAYOUT = """  <root>/images/*.png
@@ -32,18 +28,7 @@ LAYOUT = """  <root>/images/*.png
 
 def gta_records(root: Path) -> list[Record]:
     """Paired (image, train-ID label) records of a prepared GTA5 tree."""
-    img_dir = require_dir(root / "images", "GTA5", root, LAYOUT)
-    lbl_dir = require_dir(root / "labels", "GTA5", root, LAYOUT)
-    labels = sorted(lbl_dir.glob(f"*{TRAIN_ID_SUFFIX}"))
-    check_prepared(labels, "GTA5", root, lbl_dir)
-    pairs = pair_files(
-        img_dir.glob("*.png"),
-        labels,
-        img_key=lambda p: p.stem,
-        label_key=lambda p: strip_suffix(p, TRAIN_ID_SUFFIX),
-        dataset="GTA5",
-    )
-    return [Record(i, lb, i.stem) for i, lb in pairs]
+    return flat_records(root, "images", "labels", "GTA5", LAYOUT)
 
 
 class GTADataset(PairedFileDataset):

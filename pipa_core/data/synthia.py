@@ -30,6 +30,7 @@ from pipa_core.data.base import (
     Record,
     Transform,
     check_prepared,
+    flat_records,
     pair_files,
     require_dir,
     strip_suffix,
@@ -61,18 +62,7 @@ SEQ_CAMERA = Path("Stereo_Left") / "Omni_F"
 
 def synthia_records(root: Path) -> list[Record]:
     """Paired (image, train-ID label) records of a prepared SYNTHIA-RAND-CITYSCAPES tree."""
-    img_dir = require_dir(root / "RGB", "SYNTHIA", root, LAYOUT)
-    lbl_dir = require_dir(root / "GT" / "LABELS", "SYNTHIA", root, LAYOUT)
-    labels = sorted(lbl_dir.glob(f"*{TRAIN_ID_SUFFIX}"))
-    check_prepared(labels, "SYNTHIA", root, lbl_dir)
-    pairs = pair_files(
-        img_dir.glob("*.png"),
-        labels,
-        img_key=lambda p: p.stem,
-        label_key=lambda p: strip_suffix(p, TRAIN_ID_SUFFIX),
-        dataset="SYNTHIA",
-    )
-    return [Record(i, lb, i.stem) for i, lb in pairs]
+    return flat_records(root, "RGB", Path("GT") / "LABELS", "SYNTHIA", LAYOUT)
 
 
 class SynthiaDataset(PairedFileDataset):
