@@ -14,7 +14,9 @@ from cityscapesscripts.helpers.labels import labels as _CS_LABELS
 IGNORE_INDEX = 255
 NUM_CLASSES = 19
 
-_TRAIN = sorted((lb for lb in _CS_LABELS if 0 <= lb.trainId < NUM_CLASSES), key=lambda lb: lb.trainId)
+_TRAIN = sorted(
+    (lb for lb in _CS_LABELS if 0 <= lb.trainId < NUM_CLASSES), key=lambda lb: lb.trainId
+)
 #: The 19 Cityscapes evaluation classes, indexed by train ID.
 CLASSES: tuple[str, ...] = tuple(lb.name for lb in _TRAIN)
 #: RGB colour per train ID (official Cityscapes palette).
@@ -50,7 +52,9 @@ PROTOCOLS: dict[str, tuple[int, ...]] = {
     # GTA5 -> Cityscapes and every 19-class benchmark.
     "cs19": tuple(range(NUM_CLASSES)),
     # SYNTHIA -> Cityscapes: no terrain, truck, train.
-    "syn16": tuple(i for i in range(NUM_CLASSES) if CLASSES[i] not in ("terrain", "truck", "train")),
+    "syn16": tuple(
+        i for i in range(NUM_CLASSES) if CLASSES[i] not in ("terrain", "truck", "train")
+    ),
     # SYNTHIA -> Cityscapes, 13 classes: the 16 minus wall, fence, pole.
     "syn13": tuple(
         i
@@ -59,13 +63,39 @@ PROTOCOLS: dict[str, tuple[int, ...]] = {
     ),
     # VIPER -> Cityscapes-Seq (15 classes).
     "viper15": class_index(
-        ("road", "sidewalk", "building", "fence", "traffic light", "traffic sign", "vegetation",
-         "terrain", "sky", "person", "car", "truck", "bus", "motorcycle", "bicycle")
+        (
+            "road",
+            "sidewalk",
+            "building",
+            "fence",
+            "traffic light",
+            "traffic sign",
+            "vegetation",
+            "terrain",
+            "sky",
+            "person",
+            "car",
+            "truck",
+            "bus",
+            "motorcycle",
+            "bicycle",
+        )
     ),  # fmt: skip
     # SYNTHIA-Seq -> Cityscapes-Seq (11 classes).
     "synseq11": class_index(
-        ("road", "sidewalk", "building", "pole", "traffic light", "traffic sign", "vegetation",
-         "sky", "person", "rider", "car")
+        (
+            "road",
+            "sidewalk",
+            "building",
+            "pole",
+            "traffic light",
+            "traffic sign",
+            "vegetation",
+            "sky",
+            "person",
+            "rider",
+            "car",
+        )
     ),  # fmt: skip
 }
 
@@ -76,7 +106,9 @@ THING_CLASSES: tuple[int, ...] = (6, 7, 11, 12, 13, 14, 15, 16, 17, 18)
 def check_protocol(name: str) -> tuple[int, ...]:
     """Train IDs of protocol ``name``; a clear ``ValueError`` lists valid names."""
     if name not in PROTOCOLS:
-        raise ValueError(f"unknown class protocol {name!r}; valid protocols: {', '.join(PROTOCOLS)}")
+        raise ValueError(
+            f"unknown class protocol {name!r}; valid protocols: {', '.join(PROTOCOLS)}"
+        )
     return PROTOCOLS[name]
 
 
