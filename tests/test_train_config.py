@@ -165,3 +165,13 @@ def test_cli_reports_config_errors_and_prints_config(capsys):
     assert "gta2cs_pipa" in capsys.readouterr().out.split()
     assert cli_main([]) == 2
     assert "give --preset" in capsys.readouterr().err
+
+
+def test_string_overrides_keep_yaml_keywords_as_text():
+    """``--set runtime.amp=off`` must stay the string "off" (YAML would read it as False)."""
+    from pipa_core.uda.config import apply_overrides, get_preset, validate_config
+
+    cfg = apply_overrides(get_preset("synthetic_pipa"), ["runtime.amp=off", "runtime.run_dir=null"])
+    assert cfg.runtime.amp == "off" and cfg.runtime.run_dir is None
+    validate_config(cfg)  # "off" is a valid amp mode
+    assert apply_overrides(cfg, ["runtime.amp=bf16"]).runtime.amp == "bf16"

@@ -389,7 +389,9 @@ def apply_overrides(cfg: TrainConfig, overrides: List[str] | Dict[str, Any]) -> 
                         f"{key!r} is a section; set one of its keys, e.g. {key}.<name>=..."
                     )
                 value = (
-                    _parse_scalar(raw, key) if isinstance(raw, str) and not _is_tuple(tp) else raw
+                    _parse_scalar(raw, key, _is_str(tp))
+                    if isinstance(raw, str) and not _is_tuple(tp)
+                    else raw
                 )
                 node[p] = _to_plain(_coerce(value, tp, key))
             else:
@@ -399,11 +401,21 @@ def apply_overrides(cfg: TrainConfig, overrides: List[str] | Dict[str, Any]) -> 
     return TrainConfig.from_dict(d)
 
 
-def _parse_scalar(text: str, key: str) -> Any:
+def _parse_scalar(text: str, key: str, is_str: bool = False) -> Any:
+    # A string field keeps the text as typed: YAML would turn "off" / "yes" into booleans
+    # (runtime.amp=off); only "null" / "~" still clear an optional field.
+    if is_str:
+        return None if text.strip() in ("null", "~", "None") else text
     try:
         return yaml.safe_load(text)
     except yaml.YAMLError:
         return text  # a plain string (e.g. a path with odd characters)
+
+
+def _is_str(tp) -> bool:
+    """Whether a field is ``str`` or ``Optional[str]``."""
+    args = typing.get_args(tp) if typing.get_origin(tp) is typing.Union else (tp,)
+    return str in args and all(a in (str, type(None)) for a in args)
 
 
 def _is_tuple(tp) -> bool:

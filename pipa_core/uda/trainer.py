@@ -169,7 +169,9 @@ class Trainer:
         seed_everything(r.seed + 1000 * self.info.rank)
         self.nets.student = wrap_model(self.student, self.info, r.sync_bn, r.find_unused_parameters)
         if r.compile:
-            self.nets.student = torch.compile(self.nets.student)
+            # Static shapes: the student sees a few fixed sizes (crops, patch crops), and
+            # torch 2.14's dynamic-shape path fails on the second one.
+            self.nets.student = torch.compile(self.nets.student, dynamic=False)
         self.optimizer = build_optimizer(
             self.student, cfg.optim.lr, cfg.optim.weight_decay, cfg.optim.head_lr_mult,
             tuple(cfg.optim.betas), (cfg.model.backbone_prefix,),
