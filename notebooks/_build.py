@@ -125,12 +125,12 @@ $$\mathcal{L}_{patch} = -\sum_{p\in O}\log\frac{r(e^1_p,e^2_p)}{r(e^1_p,e^2_p)+\
 Total: $\mathcal{L} = \mathcal{L}^S_{ce} + \mathcal{L}^T_{ce} + \alpha\mathcal{L}_{pixel} + \beta\mathcal{L}_{patch}$, $\alpha=\beta=0.1$.
 """),
     code("""
-from pipa_core.uda import train
+from pipa_core.uda.experiments import train_or_reuse
 
 runs = {}
 for method in ("source_only", "pipa"):
     cfg = quickstart_config(method, seed=0, out_dir=out_dir, data_root=data_root, overrides=overrides)
-    runs[method] = train(cfg)
+    runs[method] = train_or_reuse(cfg)  # a finished run with this config is reused
     print(f"{method}: mIoU {runs[method]['mIoU']:.1f} after {runs[method]['iterations']} iterations")
 """),
     md(r"""

@@ -81,6 +81,13 @@ def test_quickstart_table_end_to_end_and_reuse(tmp_path, monkeypatch):
     monkeypatch.setattr(trainer_mod, "train", no_training)
     again = run_quickstart_table(**kw)
     assert [r["miou"] for r in again["rows"]] == [r["miou"] for r in table["rows"]]
+    # The notebook's single runs reuse them the same way.
+    from pipa_core.uda.experiments import quickstart_config, train_or_reuse
+
+    cfg = quickstart_config(
+        "oracle", 1, tmp_path / "qs", str(tmp_path / "data"), [*overrides, "runtime.progress=false"]
+    )
+    assert train_or_reuse(cfg)["mIoU"] == pytest.approx(table["rows"][1]["miou"][1])
     # A changed configuration is not reused.
     with pytest.raises(AssertionError, match="trained again"):
         run_quickstart_table(**{**kw, "overrides": [*overrides, "optim.lr=1e-3"]})

@@ -77,6 +77,15 @@ def _finished_result(cfg: TrainConfig) -> dict | None:
     return result if result.get("finished") else None
 
 
+def train_or_reuse(cfg: TrainConfig) -> dict:
+    """``train(cfg)``, unless its run directory already holds a finished run of the same
+    configuration: then that run's result, so re-running a notebook never retrains
+    (and never overwrites) finished work."""
+    from pipa_core.uda.trainer import train
+
+    return _finished_result(cfg) or train(cfg)
+
+
 def summarize_runs(results: dict[str, list[dict]], protocol: str = "cs19") -> dict[str, Any]:
     """Aggregate per-seed results into the table.
 
