@@ -252,3 +252,28 @@ def make_synthia_seq(
         rel = f"{sequence}/GT/LABELS/Stereo_Left/Omni_F/{i:06d}_labelTrainIds.png"
         expected[rel] = _expect(ids, SYNTHIA_SEQ_ID_TO_TRAINID)
     return expected
+
+
+def make_all_prepared(root: Path) -> Path:
+    """Every real benchmark's fixture tree under ``root`` (the preset layout), prepared.
+
+    GTA5, SYNTHIA, Cityscapes with the sequences behind its gtFine frames, ACDC,
+    Dark Zurich, VIPER and SYNTHIA-Seq, each converted by the preparation command.
+    """
+    from pipa_core.data.prepare import prepare
+
+    make_gta(root / "gta", n=3)
+    make_synthia(root / "synthia", n=3)
+    make_cityscapes(root / "cityscapes", per_city=1)
+    for split in ("train", "val"):
+        for city in ("aachen", "zurich"):
+            make_cityscapes_seq(root / "cityscapes", split=split, city=city, seqs=(0,))
+    make_acdc(root / "acdc")
+    make_darkzurich(root / "dark_zurich")
+    make_viper(root / "viper", frames=range(0, 3), labelled=(1, 2))
+    make_synthia_seq(root / "synthia_seq", n=3)
+    for name, sub in [("gta", "gta"), ("synthia", "synthia"), ("cityscapes", "cityscapes"),
+                      ("acdc", "acdc"), ("darkzurich", "dark_zurich"), ("viper", "viper"),
+                      ("synthia_seq", "synthia_seq")]:  # fmt: skip
+        prepare(name, root / sub, progress=False)
+    return root

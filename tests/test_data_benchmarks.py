@@ -17,29 +17,14 @@ from pipa_core.data.benchmarks import (
     synthetic_benchmark,
 )
 from pipa_core.data.labels import PROTOCOLS
-from pipa_core.data.prepare import prepare
 
 REAL = ["gta2cs", "syn2cs", "gtasyn2cs", "cs2acdc", "cs2darkzurich", "viper2csseq", "synseq2csseq"]
 
 
 @pytest.fixture(scope="module")
 def data_root(tmp_path_factory):
-    root = tmp_path_factory.mktemp("data")
-    fx.make_gta(root / "gta", n=3)
-    fx.make_synthia(root / "synthia", n=3)
-    fx.make_cityscapes(root / "cityscapes", per_city=1)
-    for split in ("train", "val"):  # the sequences behind the same gtFine frames
-        for city in ("aachen", "zurich"):
-            fx.make_cityscapes_seq(root / "cityscapes", split=split, city=city, seqs=(0,))
-    fx.make_acdc(root / "acdc")
-    fx.make_darkzurich(root / "dark_zurich")
-    fx.make_viper(root / "viper", frames=range(0, 3), labelled=(1, 2))
-    fx.make_synthia_seq(root / "synthia_seq", n=3)
-    for name, sub in [("gta", "gta"), ("synthia", "synthia"), ("cityscapes", "cityscapes"),
-                      ("acdc", "acdc"), ("darkzurich", "dark_zurich"), ("viper", "viper"),
-                      ("synthia_seq", "synthia_seq")]:  # fmt: skip
-        prepare(name, root / sub, progress=False)
-    return root
+    """Fixture trees laid out like the real downloads (tests/data_fixtures.py), prepared."""
+    return fx.make_all_prepared(tmp_path_factory.mktemp("data"))
 
 
 def test_presets_are_complete_and_consistent():

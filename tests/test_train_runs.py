@@ -11,7 +11,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pipa_core.data.prepare import prepare
 from pipa_core.data.synthetic import ensure_synthetic
 from pipa_core.eval.evaluate import evaluate
 from pipa_core.uda.checkpoint import load_checkpoint
@@ -35,22 +34,7 @@ TINY_MODEL = [
 @pytest.fixture(scope="module")
 def real_root(tmp_path_factory):
     """Fixture trees laid out like the real downloads (tests/data_fixtures.py), prepared."""
-    root = tmp_path_factory.mktemp("data")
-    fx.make_gta(root / "gta", n=3)
-    fx.make_synthia(root / "synthia", n=3)
-    fx.make_cityscapes(root / "cityscapes", per_city=1)
-    for split in ("train", "val"):
-        for city in ("aachen", "zurich"):
-            fx.make_cityscapes_seq(root / "cityscapes", split=split, city=city, seqs=(0,))
-    fx.make_acdc(root / "acdc")
-    fx.make_darkzurich(root / "dark_zurich")
-    fx.make_viper(root / "viper", frames=range(0, 3), labelled=(1, 2))
-    fx.make_synthia_seq(root / "synthia_seq", n=3)
-    for name, sub in [("gta", "gta"), ("synthia", "synthia"), ("cityscapes", "cityscapes"),
-                      ("acdc", "acdc"), ("darkzurich", "dark_zurich"), ("viper", "viper"),
-                      ("synthia_seq", "synthia_seq")]:  # fmt: skip
-        prepare(name, root / sub, progress=False)
-    return root
+    return fx.make_all_prepared(tmp_path_factory.mktemp("data"))
 
 
 @pytest.fixture(scope="module")
