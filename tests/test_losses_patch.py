@@ -278,3 +278,37 @@ def test_temporal_bank_is_filled_with_negatives():
     fn.eval()
     fn(torch.randn(1, 4, 3, 3), torch.randn(1, 4, 3, 3), generator=torch.Generator().manual_seed(0))
     assert len(bank) == 5  # no enqueue in eval mode
+
+
+@pytest.mark.parametrize("chunk_size", [None, 7])
+def test_paired_fast_path_equals_the_general_info_nce(chunk_size):
+    from pipa_core.losses import info_nce
+    from pipa_core.losses.location import paired_info_nce
+
+    torch.manual_seed(0)
+    p, extra, e = 9, 13, 5
+    anchors = torch.randn(2 * p, e, requires_grad=True)
+    negs = torch.randn(extra, e, requires_grad=True)
+    cand = torch.cat([anchors, negs])
+    loc = torch.arange(p)
+    ids = torch.cat([loc, loc])
+    views = torch.cat([torch.zeros(p), torch.ones(p)]).long()
+    cand_ids = torch.cat([ids, 2 * p + torch.arange(extra)])
+    cand_views = torch.cat([views, torch.full((extra,), 2)])
+    general = info_nce(anchors, cand, ids, cand_ids, temperature=0.2, anchor_views=views,
+                       candidate_views=cand_views, chunk_size=chunk_size)  # fmt: skip
+    fast = paired_info_nce(anchors, cand, 0.2, chunk_size)
+    torch.testing.assert_close(fast, general)
+    g_general = torch.autograd.grad(general, [anchors, negs])
+    g_fast = torch.autograd.grad(paired_info_nce(anchors, cand, 0.2, chunk_size), [anchors, negs])
+    for a, b in zip(g_fast, g_general):
+        torch.testing.assert_close(a, b)
+    # by hand for anchor 0: its partner is anchor p, every other candidate but itself a negative
+    c = torch.nn.functional.normalize(cand.detach(), dim=1)
+    sim = c @ c[0] / 0.2
+    want0 = torch.logsumexp(torch.cat([sim[1:]]), 0) - sim[p]
+    s = (c[: 2 * p] @ c.t()) / 0.2
+    s.fill_diagonal_(float("-inf"))
+    per_anchor = torch.logsumexp(s, 1) - s[torch.arange(2 * p), (torch.arange(2 * p) + p) % (2 * p)]
+    torch.testing.assert_close(per_anchor[0], want0)
+    torch.testing.assert_close(fast.detach(), per_anchor.mean())

@@ -16,15 +16,61 @@ the two views.
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
-from pipa_core.losses.infonce import info_nce, zero_loss
+from pipa_core.losses.infonce import zero_loss
 from pipa_core.losses.memory_bank import ClassMemoryBank
 
 
 def _randperm(n: int, generator: torch.Generator | None, device: torch.device) -> torch.Tensor:
     dev = generator.device if generator is not None else device
     return torch.randperm(n, generator=generator, device=dev).to(device)
+
+
+def _pair_chunk(a: torch.Tensor, c: torch.Tensor, rows: torch.Tensor, p: int, inv_tau: float):
+    """Loss of anchor rows ``rows`` (each with one positive, its partner in the other view).
+
+    ``a``: (n, E) normalised anchors ``rows``; ``c``: (M, E) normalised candidates whose
+    first ``2p`` rows are all the anchors (view 1 then view 2). Returns ``(n,)`` losses.
+    """
+    s = (a @ c.t()) * inv_tau  # (n, M)
+    partner = torch.where(rows < p, rows + p, rows - p)
+    pos = s.gather(1, partner[:, None]).squeeze(1)
+    # the anchor itself is neither positive nor negative
+    s = s.scatter(1, rows[:, None], float("-inf"))
+    return torch.logsumexp(s, dim=1) - pos
+
+
+def paired_info_nce(
+    anchors: torch.Tensor, candidates: torch.Tensor, temperature: float, chunk_size: int | None
+) -> torch.Tensor:
+    """:func:`info_nce` ("all" denominator, mean over pairs) for the location structure.
+
+    ``anchors`` (2P, E) are the matched features of view 1 then view 2 (``anchors[k]``
+    and ``anchors[P + k]`` share location ``k``); ``candidates`` (M, E) start with the
+    same 2P rows, every further row is a negative. With exactly one positive per
+    anchor the id masks of the general core are not needed: the loss of anchor ``i``
+    is ``logsumexp_{k != i} s_ik - s_i,partner(i)`` with ``s = cos / tau``; the same
+    value, a few ``2P x M`` passes instead of a dozen (docs/performance.md).
+    """
+    n = anchors.shape[0]
+    if anchors.dtype in (torch.float16, torch.bfloat16):  # as info_nce: exp/lse in fp32
+        anchors, candidates = anchors.float(), candidates.float()
+    a = F.normalize(anchors, dim=1)
+    c = F.normalize(candidates.to(a.dtype), dim=1)
+    p, step = n // 2, n if chunk_size is None else max(1, int(chunk_size))
+    rows = torch.arange(n, device=a.device)
+    needs_grad = torch.is_grad_enabled() and (a.requires_grad or c.requires_grad)
+    parts = []
+    for lo in range(0, n, step):
+        args = (a[lo : lo + step], c, rows[lo : lo + step], p, 1.0 / temperature)
+        if needs_grad and step < n:  # recompute the (chunk, M) block in backward
+            parts.append(checkpoint(_pair_chunk, *args, use_reentrant=False))
+        else:
+            parts.append(_pair_chunk(*args))
+    return torch.cat(parts).mean()
 
 
 def location_contrast(
@@ -68,11 +114,6 @@ def location_contrast(
         idx1, idx2, p = idx1[keep], idx2[keep], max_locations
     n1 = f1.shape[0]
     anchors = torch.cat([f1[idx1], f2[idx2]])
-    loc = torch.arange(p, device=dev)
-    ids = torch.cat([loc, loc])
-    views = torch.cat(
-        [torch.zeros(p, dtype=torch.long, device=dev), torch.ones(p, dtype=torch.long, device=dev)]
-    )
 
     # Negatives: every feature of either view that is not an anchor.
     used = torch.zeros(n1 + f2.shape[0], dtype=torch.bool, device=dev)
@@ -87,20 +128,7 @@ def location_contrast(
     if memory_bank is not None and len(memory_bank) > 0:
         cands.append(memory_bank.get()[0].to(dev, anchors.dtype))
     cand = torch.cat(cands)
-    n_extra = cand.shape[0] - 2 * p
-    # unique ids (never equal to a location id) make every extra candidate a negative
-    cand_ids = torch.cat([ids, 2 * p + torch.arange(n_extra, device=dev)])
-    cand_views = torch.cat([views, torch.full((n_extra,), 2, dtype=torch.long, device=dev)])
-    loss = info_nce(
-        anchors,
-        cand,
-        ids,
-        cand_ids,
-        temperature=temperature,
-        anchor_views=views,
-        candidate_views=cand_views,
-        chunk_size=chunk_size,
-    )
+    loss = paired_info_nce(anchors, cand, temperature, chunk_size)
     if memory_bank is not None and update_bank and negs.shape[0] > 0:
         memory_bank.enqueue(negs, torch.zeros(negs.shape[0], dtype=torch.long, device=dev))
     return loss + zero_loss(f1, f2)
