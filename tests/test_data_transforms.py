@@ -6,13 +6,17 @@ import pytest
 import torch
 
 from pipa_core.data.transforms import (
+    ColorDistortion,
     Compose,
     DropLabel,
     Normalize,
     PhotoMetricDistortion,
     RandomCrop,
+    RandomGaussianBlur,
+    RandomGaussianNoise,
     RandomHorizontalFlip,
     Resize,
+    SourceAugment,
     train_pipeline,
     val_pipeline,
 )
@@ -142,3 +146,65 @@ def test_normalize_drop_label_and_pipelines_return_plain_tensors():
     s = train_pipeline((40, 60), (16, 16))(_sample(torch.randint(0, 19, (20, 30))))
     assert s["img"].shape == (3, 16, 16) and s["img_ref"].shape == (3, 16, 16)
     assert type(s["label"]) is torch.Tensor and s["label"].dtype == torch.int64
+
+
+def test_color_distortion_same_for_both_frames_labels_untouched_and_grey():
+    label = torch.randint(0, 19, (8, 8))
+    torch.manual_seed(0)
+    changed = 0
+    for _ in range(10):
+        s = _sample(label)
+        out = ColorDistortion(1.0)(s)
+        assert torch.equal(out["img"], out["img_ref"])
+        assert torch.equal(out["label"].as_subclass(torch.Tensor), label)
+        assert float(out["img"].min()) >= 0 and float(out["img"].max()) <= 1
+        changed += not torch.allclose(out["img"], s["img"])
+    assert changed >= 7  # jitter with p = 0.8, grey with p = 0.2
+    grey = ColorDistortion(1.0, p_jitter=0.0, p_gray=1.0)(_sample(label))["img"]
+    assert torch.allclose(grey[0], grey[1]) and torch.allclose(grey[1], grey[2])
+    s = _sample(label)
+    same = ColorDistortion(0.0, p_gray=0.0)(s)  # strength 0: identity
+    assert torch.allclose(same["img"], s["img"])
+    with pytest.raises(ValueError, match=">= 0"):
+        ColorDistortion(-1.0)
+
+
+def test_source_augment_adds_its_steps_in_order_and_rescales():
+    aug = SourceAugment(color_distortion=0.5, blur_p=0.3, noise_std=0.02, ratio_range=(1.5, 1.5))
+    steps = train_pipeline((8, 16), (8, 8), photometric=False, augment=aug).transforms
+    kinds = [type(t) for t in steps]
+    assert kinds[-3:] == [ColorDistortion, RandomGaussianBlur, RandomGaussianNoise]
+    assert steps[-3].strength == 0.5 and steps[-2].p == 0.3 and steps[-1].max_std == 0.02
+    assert steps[-2].sigma_range == pytest.approx(
+        (0.1 * 8 / 224, 2.0 * 8 / 224)
+    )  # SimCLR's, scaled
+    assert steps[0].ratio_range == (1.5, 1.5)
+    plain = train_pipeline((8, 16), (8, 8), photometric=False).transforms
+    assert [type(t) for t in plain] == [Resize, RandomCrop, RandomHorizontalFlip]
+    resized = Resize((8, 16), keep_ratio=True, ratio_range=(1.5, 1.5))(
+        _sample(torch.zeros(8, 16, dtype=torch.long))
+    )
+    assert resized["img"].shape[-2:] == (12, 24) and resized["label"].shape == (12, 24)
+
+
+def test_blur_and_noise_keep_labels_and_range():
+    label = torch.randint(0, 19, (16, 16))
+    torch.manual_seed(0)
+    s = _sample(label)
+    s["img"] = torch.rand(3, 16, 16)
+    s["img_ref"] = s["img"].clone()
+    blurred = RandomGaussianBlur(p=1.0, sigma_range=(1.0, 1.0))(s)
+    assert torch.equal(blurred["img"], blurred["img_ref"])  # the same sigma for both frames
+    assert blurred["img"].std() < s["img"].std() * 0.7  # smoother
+    assert torch.equal(blurred["label"].as_subclass(torch.Tensor), label)
+    noisy = RandomGaussianNoise(0.05)(s)
+    assert not torch.equal(noisy["img"], noisy["img_ref"])  # each frame its own sensor noise
+    assert float(noisy["img"].min()) >= 0 and float(noisy["img"].max()) <= 1
+    assert torch.equal(noisy["label"].as_subclass(torch.Tensor), label)
+
+
+def test_drop_label_can_keep_the_true_label_aside():
+    label = torch.randint(0, 19, (4, 4))
+    out = Compose([DropLabel(keep_as="hidden_label")])({"img": torch.rand(3, 4, 4), "label": label})
+    assert (out["label"] == 255).all()
+    assert torch.equal(out["hidden_label"], label) and type(out["hidden_label"]) is torch.Tensor

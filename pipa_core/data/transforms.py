@@ -18,6 +18,7 @@ default pipelines leave normalisation to the model (docs/architecture.md).
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Optional
 
 import torch
@@ -241,12 +242,98 @@ class PhotoMetricDistortion:
         return sample
 
 
+class ColorDistortion:
+    """SimCLR's colour distortion (Chen et al., 2020) on [0, 1] images; labels untouched.
+
+    With probability ``p_jitter`` a colour jitter of brightness, contrast and
+    saturation factors in ``[1 - 0.8 s, 1 + 0.8 s]`` and a hue shift in ``±0.2 s``
+    (applied in random order, torchvision's ``ColorJitter``), then with
+    probability ``p_gray`` conversion to grey. ``strength`` ``s = 1`` is SimCLR's
+    setting. ``img`` and ``img_ref`` get the same parameters.
+
+    A from-scratch model learns colour → class; on a source domain whose palette
+    does not overlap the target's, this randomisation makes it rely on shape and
+    layout instead (the role ImageNet pretraining plays on the real benchmarks).
+    """
+
+    def __init__(self, strength: float = 1.0, p_jitter: float = 0.8, p_gray: float = 0.2) -> None:
+        if strength < 0:
+            raise ValueError(f"colour distortion strength must be >= 0, got {strength}")
+        s = float(strength)
+        self.strength, self.p_jitter, self.p_gray = s, p_jitter, p_gray
+        # Hue shifts are limited to half a turn by torchvision.
+        self.jitter = v2.ColorJitter(0.8 * s, 0.8 * s, 0.8 * s, min(0.2 * s, 0.5))
+
+    def __call__(self, sample: dict) -> dict:
+        sample = wrap_sample(sample)
+        keys = _images(sample)
+        images = [sample[k] for k in keys]
+        if _rand(None) < self.p_jitter:
+            images = self.jitter(*images) if len(images) > 1 else [self.jitter(images[0])]
+        if _rand(None) < self.p_gray:
+            images = [
+                tv_tensors.Image(F.rgb_to_grayscale(x, num_output_channels=3)) for x in images
+            ]
+        for k, x in zip(keys, images):
+            sample[k] = x
+        return sample
+
+
+class RandomGaussianBlur:
+    """SimCLR's Gaussian blur: with probability ``p``, blur with ``sigma ~ U(sigma_range)``.
+
+    SimCLR blurs 224-pixel crops with sigma in [0.1, 2.0] and a kernel of 10 % of
+    the side; :func:`train_pipeline` scales that range to the crop height.
+    ``img`` and ``img_ref`` get the same sigma; labels are untouched.
+    """
+
+    def __init__(self, p: float = 0.5, sigma_range: tuple[float, float] = (0.1, 2.0)) -> None:
+        self.p, self.sigma_range = p, (float(sigma_range[0]), float(sigma_range[1]))
+
+    def __call__(self, sample: dict) -> dict:
+        sample = wrap_sample(sample)
+        if _rand(None) < self.p:
+            sigma = _uniform(*self.sigma_range, None)
+            k = 2 * max(1, round(3 * sigma)) + 1  # covers ±3 sigma
+            for key in _images(sample):
+                sample[key] = F.gaussian_blur(sample[key], [k, k], [sigma, sigma])
+        return sample
+
+
+class RandomGaussianNoise:
+    """Additive Gaussian sensor noise with a std drawn from ``U(0, max_std)``, clipped to [0, 1].
+
+    The noise is drawn independently per pixel and per image (a reference frame gets
+    its own noise, as a camera would).
+    """
+
+    def __init__(self, max_std: float = 0.03) -> None:
+        self.max_std = float(max_std)
+
+    def __call__(self, sample: dict) -> dict:
+        sample = wrap_sample(sample)
+        std = _uniform(0.0, self.max_std, None)
+        for key in _images(sample):
+            x = sample[key].as_subclass(torch.Tensor)
+            sample[key] = tv_tensors.Image((x + std * torch.randn_like(x)).clamp_(0.0, 1.0))
+        return sample
+
+
 class DropLabel:
-    """Replace the label by all-255 (``IGNORE_INDEX``): use a labelled dataset as unlabelled target."""
+    """Replace the label by all-255 (``IGNORE_INDEX``): use a labelled dataset as unlabelled target.
+
+    ``keep_as``: also keep the true label under that key (e.g. ``"hidden_label"``), for
+    measurements that never enter a loss (the teacher's pseudo-label accuracy).
+    """
+
+    def __init__(self, keep_as: Optional[str] = None) -> None:
+        self.keep_as = keep_as
 
     def __call__(self, sample: dict) -> dict:
         sample = wrap_sample(sample)
         if "label" in sample:
+            if self.keep_as:
+                sample[self.keep_as] = sample["label"].as_subclass(torch.Tensor).clone()
             sample["label"] = tv_tensors.Mask(torch.full_like(sample["label"], IGNORE_INDEX))
         return sample
 
@@ -270,6 +357,40 @@ class Normalize:
         return sample
 
 
+@dataclass(frozen=True)
+class SourceAugment:
+    """Extra augmentation of labelled source crops, after DAFormer's pipeline (all off by default).
+
+    A model trained from scratch has none of the robustness ImageNet pretraining gives
+    on the real benchmarks; these standard augmentations stand in for it on the
+    embedded benchmark (docs/training.md).
+
+    Attributes:
+        color_distortion: strength of :class:`ColorDistortion` (SimCLR: 1); 0 = off.
+        blur_p: probability of SimCLR's Gaussian blur (:class:`RandomGaussianBlur`, sigma
+            range scaled from SimCLR's 224-pixel crops to the crop height); 0 = off.
+        noise_std: max std of :class:`RandomGaussianNoise`; 0 = off.
+        ratio_range: random rescale ``(lo, hi)`` before cropping (mmseg's ``ratio_range``).
+    """
+
+    color_distortion: float = 0.0
+    blur_p: float = 0.0
+    noise_std: float = 0.0
+    ratio_range: Optional[tuple[float, float]] = None
+
+    def transforms(self, crop_height: int) -> list:
+        """The photometric steps, in order, for crops of ``crop_height`` rows."""
+        steps: list = []
+        if self.color_distortion > 0:
+            steps.append(ColorDistortion(self.color_distortion))
+        if self.blur_p > 0:
+            f = crop_height / 224
+            steps.append(RandomGaussianBlur(self.blur_p, (0.1 * f, 2.0 * f)))
+        if self.noise_std > 0:
+            steps.append(RandomGaussianNoise(self.noise_std))
+        return steps
+
+
 def train_pipeline(
     scale: Sequence[int],
     crop_size: Sequence[int],
@@ -277,19 +398,23 @@ def train_pipeline(
     flip_p: float = 0.5,
     photometric: bool = True,
     keep_ratio: bool = True,
+    augment: Optional[SourceAugment] = None,
 ) -> Compose:
     """DAFormer's training pipeline: resize, cat-max-ratio crop, flip, photometric distortion.
 
     ``scale`` and ``crop_size`` are ``(H, W)``; the resize keeps the aspect ratio
-    by default (as DAFormer). Output images stay in [0, 1].
+    by default (as DAFormer). ``augment`` (:class:`SourceAugment`, default none) adds a
+    random rescale and its photometric steps. Output images stay in [0, 1].
     """
+    augment = augment or SourceAugment()
     steps = [
-        Resize(scale, keep_ratio),
+        Resize(scale, keep_ratio, ratio_range=augment.ratio_range),
         RandomCrop(crop_size, cat_max_ratio),
         RandomHorizontalFlip(flip_p),
     ]
     if photometric:
         steps.append(PhotoMetricDistortion())
+    steps += augment.transforms(int(crop_size[0]))
     return Compose(steps)
 
 
