@@ -125,3 +125,56 @@ def test_frame_pairs_for_temporal_consistency(tmp_path):
     assert (item["label"] != 255).any()  # labelled target frames, unlike UDA training
     with pytest.raises(DatasetError, match="no reference frames.*synthetic_seq"):
         build_frame_pairs_dataset(synthetic_benchmark("tiny"), tmp_path)
+
+
+def _find_window(crop: torch.Tensor, images: list[torch.Tensor]):
+    """(image index, left, flipped) of the full-height window of ``images`` equal to ``crop``."""
+    w = crop.shape[-1]
+    for i, img in enumerate(images):
+        for left in range(img.shape[-1] - w + 1):
+            window = img[..., left : left + w]
+            for flipped, cand in ((False, window), (True, window.flip(-1))):
+                if torch.equal(cand, crop):
+                    return i, left, flipped
+    return None
+
+
+def test_synthetic_target_is_not_distorted_and_carries_its_hidden_label(tmp_path):
+    from pipa_core.data.synthetic import SyntheticDataset, ensure_synthetic
+    from pipa_core.uda.config import apply_overrides, make_config, resolve_benchmark
+    from pipa_core.uda.data_stream import build_datasets
+
+    root = ensure_synthetic(tmp_path / "synthetic", size="tiny")
+    raw = SyntheticDataset(root, "target", "train")
+    images = [raw[i]["img"] for i in range(len(raw))]
+    labels = [raw[i]["label"] for i in range(len(raw))]
+    base = ["data.synthetic_size=tiny", f"data.data_root={tmp_path}", "data.color_distortion=1"]
+    cfg = apply_overrides(make_config("synthetic", "dacs"), base)
+    train, _ = build_datasets(cfg, resolve_benchmark(cfg))
+    for k in range(4):
+        tgt = train[k]["target"]
+        assert (tgt["label"] == 255).all()  # self-training never sees target labels ...
+        found = _find_window(tgt["img"], images)  # ... and gets the image undistorted
+        assert found is not None, k
+        i, left, flipped = found
+        want = labels[i][:, left : left + tgt["img"].shape[-1]]
+        assert torch.equal(tgt["hidden_label"], want.flip(-1) if flipped else want)
+    # The switch back: photometric distortion of the target images too.
+    cfg = apply_overrides(cfg, ["data.target_photometric=true"])
+    train, _ = build_datasets(cfg, resolve_benchmark(cfg))
+    assert any(_find_window(train[k]["target"]["img"], images) is None for k in range(8))
+
+
+def test_synthetic_pseudo_label_crop_covers_the_target_hood():
+    from pipa_core.data.synthetic import generate_scene
+    from pipa_core.uda.config import make_config, pseudo_crop_rows, resolve_benchmark
+
+    cfg = make_config("synthetic", "dacs")
+    top, bottom = pseudo_crop_rows(cfg, resolve_benchmark(cfg))
+    assert (top, bottom) == (0, 13)
+    for index in range(12):
+        _, label = generate_scene(0, "target", "train", index, 128, 256)
+        hood_rows = (label == 255).any(1).nonzero()[0]
+        assert len(hood_rows) > 0 and hood_rows.min() >= 128 - bottom, index
+        _, label = generate_scene(0, "source", "train", index, 128, 256)
+        assert not (label == 255).any()  # the source has no hood

@@ -169,6 +169,11 @@ def load_pair(record: Record) -> tuple[torch.Tensor, torch.Tensor]:
     return img, label
 
 
+#: Key of the true label in unlabelled target items of the embedded benchmark: read only
+#: to measure the teacher's pseudo-label accuracy, never by a loss.
+HIDDEN_LABEL = "hidden_label"
+
+
 def wrap_sample(sample: dict) -> dict:
     """Mark images as ``tv_tensors.Image`` and the label as ``tv_tensors.Mask`` for v2 transforms."""
     out = dict(sample)

@@ -18,9 +18,15 @@ from typing import Any, Callable, Optional
 
 from torch.utils.data import Dataset
 
-from pipa_core.data.base import DatasetError, Transform
+from pipa_core.data.base import HIDDEN_LABEL, DatasetError, Transform
 from pipa_core.data.labels import check_protocol
-from pipa_core.data.transforms import Compose, DropLabel, train_pipeline, val_pipeline
+from pipa_core.data.transforms import (
+    Compose,
+    DropLabel,
+    SourceAugment,
+    train_pipeline,
+    val_pipeline,
+)
 
 Size = tuple[int, int]
 
@@ -143,6 +149,8 @@ def synthetic_benchmark(size: str = "default", seed: int = 0, video: bool = Fals
         raise DatasetError(f"unknown synthetic size {size!r}; valid: {', '.join(PRESETS)}")
     h, w = PRESETS[size].height, PRESETS[size].width
     gen = (("size", size), ("seed", seed))
+    # DAFormer's RCS threshold (3000 pixels of a 1914x1052 GTA5 label), scaled to the image size.
+    min_pixels = max(1, round(3000 * h * w / (1914 * 1052)))
 
     def ref(domain: str, split: str, labelled: bool) -> DatasetRef:
         return DatasetRef("synthetic", "synthetic", split, labelled, (("domain", domain), *gen))
@@ -157,6 +165,11 @@ def synthetic_benchmark(size: str = "default", seed: int = 0, video: bool = Fals
         crop_size=(h, h),
         video=video,
         ref_offset=1,
+        # The target's ego-vehicle hood covers the bottom 6-10 % of every frame (label
+        # 255); the teacher calls it road with high confidence. 52 rows of a 512-row
+        # crop = the bottom 10 % (13 rows at 128): DAFormer's pseudo-label crop for it.
+        pseudo_ignore_bottom=52,
+        rcs_min_pixels=min_pixels,
         notes="embedded benchmark, generated on first use (pipa_core.data.synthetic)",
     )
 
@@ -231,8 +244,11 @@ def _synthetic(root: Path, ref: DatasetRef, t: Transform, video: bool, off: int,
 
     domain = o.pop("domain")
     root = ensure_synthetic(root, **o)
-    if not ref.labelled:  # the synthetic target stores labels; UDA must not see them
-        t = Compose([DropLabel()] + ([t] if t is not None else []))
+    if not ref.labelled:
+        # The synthetic target stores labels; UDA must not see them. They travel as
+        # "hidden_label" (after the crop and flip) only to measure the teacher's
+        # pseudo-label accuracy during training; no loss reads them.
+        t = Compose(([t] if t is not None else []) + [DropLabel(keep_as=HIDDEN_LABEL)])
     if video and ref.split != "val":  # sequences train; val stays the held-out images
         return SyntheticSequenceDataset(root, domain, ref_offset=off, transform=t)
     return SyntheticDataset(root, domain, ref.split, transform=t)
@@ -267,14 +283,20 @@ def build_dataset(
 
 
 def build_source_datasets(
-    spec: BenchmarkSpec, data_root: str | os.PathLike, photometric: bool = True
+    spec: BenchmarkSpec,
+    data_root: str | os.PathLike,
+    photometric: bool = True,
+    augment: Optional[SourceAugment] = None,
 ) -> list[Dataset]:
-    """The source training dataset(s) with their resize / crop / flip / photometric pipelines."""
+    """The source training dataset(s) with their resize / crop / flip / photometric pipelines
+    and the extra source augmentation ``augment`` (default none)."""
     return [
         build_dataset(
             ref,
             data_root,
-            train_pipeline(scale, spec.crop_size, spec.cat_max_ratio, photometric=photometric),
+            train_pipeline(
+                scale, spec.crop_size, spec.cat_max_ratio, photometric=photometric, augment=augment
+            ),
             spec.video,
             spec.ref_offset,
         )

@@ -3,6 +3,7 @@
 Layout under ``root`` (default ``data/synthetic``)::
 
     manifest.json
+    sample_class_stats.json      (pixels per class of every label, for rare class sampling)
     {source,target}/{train,val}/{images,labels}/000123.png
     {source,target}/sequences/seq_007/{images,labels}/frame_0004.png
 
@@ -38,8 +39,10 @@ from pipa_core.data.synthetic.generate import (
 from pipa_core.io import atomic_write_json
 
 #: Bump whenever the generator's output changes; stale caches are regenerated.
-GENERATOR_VERSION = 2
+#: 3: the target palette is the source palette muted; sample_class_stats.json (RCS).
+GENERATOR_VERSION = 3
 MANIFEST = "manifest.json"
+STATS = "sample_class_stats.json"  # DAFormer's format, as written by pipa_core.data.prepare
 
 
 @dataclass(frozen=True)
@@ -125,7 +128,7 @@ def _is_fresh(root: Path, size: str, seed: int) -> bool:
     except (OSError, ValueError):
         return False
     exp = _expected(size, seed)
-    if any(man.get(k) != v for k, v in exp.items()):
+    if any(man.get(k) != v for k, v in exp.items()) or not (root / STATS).is_file():
         return False
     for key, n in exp["counts"].items():
         domain, split = key.split("/")
@@ -159,13 +162,13 @@ def _scene_job(args: tuple) -> np.ndarray:
 
 
 def _sequence_job(args: tuple) -> np.ndarray:
-    """Worker: generate + write one sequence; returns its class pixel counts ``(19,)``."""
+    """Worker: generate + write one sequence; returns class pixel counts per frame ``(T, 19)``."""
     tmp, seed, domain, seq, frames, h, w = args
     imgs, labs = generate_sequence(seed, domain, seq, frames, h, w)
     for t in range(frames):
         _write_png(frame_path(tmp, domain, seq, t), imgs[t])
         _write_png(frame_path(tmp, domain, seq, t, "labels"), labs[t])
-    return np.bincount(labs.ravel(), minlength=256)[:NUM_CLASSES]
+    return np.stack([np.bincount(lab.ravel(), minlength=256)[:NUM_CLASSES] for lab in labs])
 
 
 def _generate_into(tmp: Path, size: str, seed: int, workers: int) -> dict:
@@ -189,8 +192,23 @@ def _generate_into(tmp: Path, size: str, seed: int, workers: int) -> dict:
     else:
         results = [fn(a) for fn, a in jobs]
     pixels: dict[str, np.ndarray] = {}
-    for key, r in zip(keys, results):
+    stats = []
+
+    def entry(file: Path, counts: np.ndarray) -> dict:
+        return {"file": file.as_posix(), **{str(c): int(n) for c, n in enumerate(counts) if n > 0}}
+
+    for (fn, args), key, r in zip(jobs, keys, results):
+        if fn is _scene_job:
+            domain, split, index = args[2:5]
+            stats.append(entry(image_path(Path("."), domain, split, index, "labels"), r))
+        else:  # one entry per frame
+            domain, seq = args[2:4]
+            stats += [
+                entry(frame_path(Path("."), domain, seq, t, "labels"), c) for t, c in enumerate(r)
+            ]
+            r = r.sum(0)
         pixels[key] = pixels.get(key, 0) + r
+    atomic_write_json(tmp / STATS, stats)
     man = _expected(size, seed)
     man["classes"] = list(CLASSES)
     man["class_pixels"] = {k: v.astype(np.int64).tolist() for k, v in pixels.items()}

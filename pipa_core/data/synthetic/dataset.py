@@ -60,6 +60,11 @@ class SyntheticDataset(Dataset):
     def __len__(self) -> int:
         return self.n
 
+    @property
+    def label_files(self) -> list[Path]:
+        """Label file of every item (rare class sampling reads their statistics)."""
+        return [image_path(self.root, self.domain, self.split, i, "labels") for i in range(self.n)]
+
     def __getitem__(self, i: int) -> dict:
         if not -self.n <= i < self.n:
             raise IndexError(f"index {i} out of range for {self.n} items")
@@ -110,6 +115,14 @@ class SyntheticSequenceDataset(Dataset):
 
     def __len__(self) -> int:
         return self.num_sequences * self.frames_per_sequence
+
+    @property
+    def label_files(self) -> list[Path]:
+        """Label file of every key frame (rare class sampling reads their statistics)."""
+        n = self.frames_per_sequence
+        return [
+            frame_path(self.root, self.domain, i // n, i % n, "labels") for i in range(len(self))
+        ]
 
     def ref_index(self, t: int) -> int:
         """Frame index of the reference for key frame ``t`` (same sequence)."""
