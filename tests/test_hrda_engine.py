@@ -35,6 +35,7 @@ def _one_thread():
 
 TINY = [
     "model.decoder_channels=16",
+    "model.init_from=null",
     "model.proj_dim=8",
     "runtime.num_threads=1",
     "runtime.progress=false",

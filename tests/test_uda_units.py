@@ -27,7 +27,7 @@ from pipa_core.uda.feature_distance import (
 )
 from pipa_core.uda.mixing import class_mix_mask, mix_batch, strong_augment
 from pipa_core.uda.optim import WarmupPoly, build_optimizer, build_scheduler, param_groups
-from pipa_core.uda.pseudo_label import crop_weight, make_pseudo_label
+from pipa_core.uda.pseudo_label import crop_weight, make_pseudo_label, pseudo_label_accuracy
 
 
 # ----------------------------------------------------------------------------- EMA
@@ -250,3 +250,73 @@ def test_rng_state_roundtrip_through_weights_only_checkpoint(tmp_path):
     assert (tmp_path / "checkpoints" / "iter_0000007.pt").is_file()
     with pytest.raises(FileNotFoundError, match="no checkpoint"):
         load_checkpoint(tmp_path / "missing")
+
+
+class _BNDropNet(nn.Module):
+    """Conv -> BN -> dropout: the teacher-mode switches act on the last two."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 1)
+        self.bn = nn.BatchNorm2d(4)
+        self.drop = nn.Dropout2d(0.5)
+
+    def forward(self, x):
+        return self.drop(self.bn(self.conv(x)))
+
+
+def test_daformer_teacher_normalises_with_the_target_batch_statistics():
+    torch.manual_seed(0)
+    student = _BNDropNet()
+    with torch.no_grad():  # running statistics far from any batch's
+        student.bn.running_mean.fill_(5.0)
+        student.bn.running_var.fill_(9.0)
+    teacher = build_teacher(student, "batch")
+    assert teacher.bn.training and not teacher.drop.training and not teacher.training
+    x = torch.randn(2, 3, 5, 5) * 3 + 1
+    with torch.no_grad():
+        y = teacher.conv(x)
+        want = (y - y.mean((0, 2, 3), keepdim=True)) / torch.sqrt(
+            y.var((0, 2, 3), unbiased=False, keepdim=True) + teacher.bn.eps
+        )
+        want = want * teacher.bn.weight[:, None, None] + teacher.bn.bias[:, None, None]
+        got = teacher(x)
+        torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+        assert torch.equal(teacher(x), got)  # dropout is off: deterministic
+    # The switch back to the previous behaviour: eval mode, running statistics.
+    old = build_teacher(student, "ema")
+    assert not old.bn.training and not old.drop.training
+    with torch.no_grad():
+        torch.testing.assert_close(old(x), student.eval()(x))
+    with pytest.raises(ValueError, match="batch"):
+        build_teacher(student, "nosuch")
+
+
+def test_parameter_only_ema_leaves_the_teacher_buffers_alone():
+    torch.manual_seed(0)
+    student = _BNNet()
+    teacher = build_teacher(student, "batch")
+    t0 = {k: v.clone() for k, v in teacher.state_dict().items()}
+    with torch.no_grad():
+        for p in student.parameters():
+            p.add_(1.0)
+    student.train()(torch.randn(2, 3, 4, 4))  # moves the student's running statistics
+    ema_update(teacher, student, 0.5, buffers=False)
+    s = student.state_dict()
+    for name, _ in teacher.named_parameters():
+        torch.testing.assert_close(teacher.state_dict()[name], 0.5 * t0[name] + 0.5 * s[name])
+    for name, buf in teacher.named_buffers():
+        assert torch.equal(buf, t0[name]), name  # running stats and counter untouched
+        assert not torch.equal(s[name], t0[name]), name  # ... although the student's moved
+
+
+def test_pseudo_label_accuracy_against_hidden_labels():
+    logits = torch.zeros(1, 3, 2, 3)
+    logits[0, 0] = 10.0  # confident class 0 ...
+    logits[0, :, 1, :] = 0.0  # ... except the second row (uniform: confidence 1/3)
+    pl = make_pseudo_label(logits, threshold=0.9)
+    truth = torch.tensor([[[0, 0, 2], [0, IGNORE_INDEX, 1]]])
+    acc = pseudo_label_accuracy(pl, truth, threshold=0.9)
+    assert acc["pseudo_acc"] == pytest.approx(3 / 5)  # ignore excluded
+    assert acc["pseudo_acc_confident"] == pytest.approx(2 / 3)  # first row: 2 of 3 right
+    assert acc["pseudo_confident_labelled"] == pytest.approx(3 / 5)

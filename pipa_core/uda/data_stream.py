@@ -39,12 +39,12 @@ def build_datasets(cfg: TrainConfig, spec) -> tuple[Dataset, Dataset]:
         build_val_dataset,
     )
     from pipa_core.data.rcs import RareClassSampler
-    from pipa_core.data.transforms import train_pipeline
+    from pipa_core.data.transforms import SourceAugment, train_pipeline
     from pipa_core.data.uda import UDADataset
 
     d = cfg.data
     root = d.data_root
-    target = build_target_dataset(spec, root, d.photometric)
+    target = build_target_dataset(spec, root, d.target_photometric)
     if cfg.uda.mode == "oracle":
         labelled = dataclasses.replace(spec.target, labelled=True)
         pipe = train_pipeline(
@@ -53,7 +53,10 @@ def build_datasets(cfg: TrainConfig, spec) -> tuple[Dataset, Dataset]:
         sources = [build_dataset(labelled, root, pipe, spec.video, spec.ref_offset)]
         samplers = None
     else:
-        sources = build_source_datasets(spec, root, d.photometric)
+        augment = SourceAugment(
+            d.color_distortion, d.source_blur, d.source_noise, d.source_ratio_range
+        )
+        sources = build_source_datasets(spec, root, d.photometric, augment)
         samplers = None
         if spec.rcs:
             samplers = [

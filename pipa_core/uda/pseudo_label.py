@@ -14,6 +14,8 @@ from dataclasses import dataclass
 
 import torch
 
+from pipa_core.data.labels import IGNORE_INDEX
+
 
 @dataclass
 class PseudoLabel:
@@ -85,3 +87,26 @@ def make_pseudo_label(
         weight = frac.expand_as(confidence)
     weight = crop_weight(weight, crop_top, crop_bottom)
     return PseudoLabel(label, confidence, weight, confident.mean())
+
+
+@torch.no_grad()
+def pseudo_label_accuracy(
+    pl: PseudoLabel, label: torch.Tensor, threshold: float = 0.968
+) -> dict[str, float]:
+    """How often the pseudo-labels are right, against the true ``(B, H, W)`` target label.
+
+    A measurement, never a training signal (the embedded benchmark keeps its target
+    labels on disk for it). Returns ``pseudo_acc`` (over labelled pixels),
+    ``pseudo_acc_confident`` (over labelled pixels with confidence ≥ ``threshold``)
+    and ``pseudo_confident_labelled`` (the fraction of labelled pixels that are confident).
+    """
+    valid = label != IGNORE_INDEX
+    correct = (pl.label == label) & valid
+    confident = (pl.confidence >= threshold) & valid
+    n_valid = valid.sum().clamp(min=1)
+    n_conf = confident.sum()
+    return {
+        "pseudo_acc": float(correct.sum() / n_valid),
+        "pseudo_acc_confident": float((correct & confident).sum() / n_conf.clamp(min=1)),
+        "pseudo_confident_labelled": float(n_conf / n_valid),
+    }

@@ -28,12 +28,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from pipa_core.data.base import HIDDEN_LABEL
 from pipa_core.data.labels import IGNORE_INDEX
 from pipa_core.uda.config import TrainConfig
 from pipa_core.uda.distributed import unwrap
 from pipa_core.uda.feature_distance import FeatureDistance
 from pipa_core.uda.mixing import mix, mix_batch, strong_augment
-from pipa_core.uda.pseudo_label import make_pseudo_label
+from pipa_core.uda.pseudo_label import make_pseudo_label, pseudo_label_accuracy
 
 
 @dataclass
@@ -182,6 +183,8 @@ def self_training_step(
         t_logits, u.pseudo_threshold, *ctx.pseudo_crop, per_image=u.pseudo_weight_per_image
     )
     logs["pseudo_confident"] = float(pl.confident_fraction)
+    if HIDDEN_LABEL in tgt:  # a measurement only (embedded benchmark): no loss reads it
+        logs.update(pseudo_label_accuracy(pl, tgt[HIDDEN_LABEL], u.pseudo_threshold))
 
     # 3. ClassMix (source classes pasted on target) + strong augmentation; weighted CE.
     if u.mix == "classmix":
