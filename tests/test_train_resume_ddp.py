@@ -28,6 +28,7 @@ def tiny_pipa(root: Path, *extra: str) -> TrainConfig:
         get_preset("synthetic_pipa"),
         [
             "model.decoder_channels=16",
+            "model.init_from=null",
             "model.proj_dim=8",
             "data.synthetic_size=tiny",
             f"data.data_root={root}",
@@ -158,6 +159,7 @@ def test_ddp_two_cpu_processes_stay_in_sync(tmp_path):
         tmp_path / "data",
         "optim.max_iters=3",
         "data.batch_size=1",
+        "data.rcs=false",  # sources by sampler index, so the shards below are the ranks' own
         f"runtime.run_dir={tmp_path / 'run'}",
     )
     mp.spawn(_ddp_worker, args=(2, _free_port(), cfg.to_dict(), str(tmp_path)), nprocs=2, join=True)

@@ -21,6 +21,7 @@ from pipa_core.uda.trainer import NonFiniteLossError, Trainer, train
 TINY_MODEL = [
     "model.arch=daformer_mit_b0",
     "model.decoder_channels=16",
+    "model.init_from=null",
     "model.proj_dim=8",
     "runtime.num_threads=1",
     "runtime.progress=false",
@@ -273,3 +274,75 @@ def test_real_benchmark_is_scored_at_full_label_resolution(real_root, tmp_path):
     full = read_label(files[0])
     assert item["img"].shape[-2] == 16  # resized (keep-ratio) to the target scale
     assert item["label"].shape == full.shape and full.shape[-2] > item["img"].shape[-2]
+
+
+def test_warm_start_initialises_every_tensor_but_the_projection_heads(synthetic_root, tmp_path):
+    from pipa_core.io import sha256_file
+    from pipa_core.models import build_segmentor
+
+    torch.manual_seed(123)
+    warm = build_segmentor("daformer_mit_b0", decoder_channels=16, proj_dim=8)
+    warm.export_weights(tmp_path / "warm.pt")
+    cfg = synthetic_config(
+        "pipa", synthetic_root, tmp_path / "run", f"model.init_from={tmp_path / 'warm.pt'}"
+    )
+    trainer = Trainer(cfg)
+    got = trainer.student.state_dict()
+    for k, v in warm.inference_state_dict().items():
+        assert torch.equal(got[k], v), k
+    heads = [k for k in got if k.startswith("proj_heads.")]
+    assert heads and not all(torch.equal(got[k], warm.state_dict()[k]) for k in heads)
+    for k, v in trainer.nets.teacher.state_dict().items():  # the teacher starts as the student
+        assert torch.equal(v, got[k]), k
+    result = trainer.fit()
+    assert result["init_from_sha256"] == sha256_file(tmp_path / "warm.pt")
+    # a run directory works too (its final_weights.pt)
+    again = synthetic_config(
+        "dacs", synthetic_root, tmp_path / "run2", f"model.init_from={tmp_path / 'run'}"
+    )
+    assert Trainer(again).student.state_dict().keys() >= warm.inference_state_dict().keys()
+
+
+def test_missing_warm_start_is_a_config_error_naming_the_fix(synthetic_root, tmp_path):
+    from pipa_core.uda.config import ConfigError, validate_config
+
+    cfg = synthetic_config(
+        "dacs", synthetic_root, tmp_path / "run", "model.init_from=/nonexistent/w.pt"
+    )
+    with pytest.raises(
+        ConfigError, match=r"model.init_from=.*no weights at /nonexistent/w.pt.*export_weights"
+    ):
+        validate_config(cfg)
+    cfg = synthetic_config("dacs", synthetic_root, tmp_path / "run", f"model.init_from={tmp_path}")
+    with pytest.raises(ConfigError, match="without final_weights.pt"):
+        validate_config(cfg)
+
+
+def test_synthetic_presets_start_from_the_shipped_warm_start():
+    from pipa_core.assets import asset_card, asset_path
+    from pipa_core.io import sha256_file
+    from pipa_core.models.pretrained import load_segmentor_weights
+    from pipa_core.uda.experiments import WARM_START_OVERRIDES, warm_start_config
+    from pipa_core.uda.hrda import build_student
+
+    path = asset_path("synthetic_warm_start")
+    assert path.stat().st_size <= 20 * 2**20
+    card = asset_card("synthetic_warm_start")
+    assert card["sha256"] == sha256_file(path) and card["bytes"] == path.stat().st_size
+    # the shipped file was made by the recipe the code records today
+    assert card["recipe"] == list(WARM_START_OVERRIDES)
+    recorded = {k: v for k, v in card["config"].items() if k != "runtime"}
+    recorded["data"] = {k: v for k, v in recorded["data"].items() if k != "data_root"}
+    today = warm_start_config().to_dict()
+    today = {k: v for k, v in today.items() if k != "runtime"}
+    today["data"] = {k: v for k, v in today["data"].items() if k != "data_root"}
+    assert recorded == today
+    for method in ("source_only", "oracle", "dacs", "pipa"):
+        cfg = get_preset(f"synthetic_{method}")
+        assert cfg.model.init_from == "synthetic_warm_start"
+        m = cfg.model
+        seg = build_student(
+            m.arch, (128, 128), decoder_channels=m.decoder_channels, proj_dim=m.proj_dim
+        )
+        report = load_segmentor_weights(seg, path, strict=True)
+        assert report.loaded > 0 and not report.missing and not report.unexpected

@@ -107,6 +107,11 @@ def build_networks(cfg: TrainConfig, spec, device: torch.device) -> tuple[nn.Mod
         m.arch, spec.crop_size, m.hrda_detail_ratio, m.hrda_hr_loss_weight,
         num_classes=19, pretrained=m.pretrained, **kwargs,
     ).to(device)  # fmt: skip
+    if m.init_from is not None:  # a warm start: every tensor but the projection heads
+        from pipa_core.assets import resolve_weights
+        from pipa_core.models.pretrained import load_segmentor_weights
+
+        load_segmentor_weights(student, resolve_weights(m.init_from), strict=True)
     proj_dim = m.proj_dim or 256
 
     def bank(size: int, classes: int) -> Optional[ClassMemoryBank]:
@@ -133,7 +138,9 @@ def build_networks(cfg: TrainConfig, spec, device: torch.device) -> tuple[nn.Mod
         losses["prototype"] = PrototypeContrastLoss(
             19, student.feat_channels, p.temperature, p.momentum, max_pixels=p.max_pixels
         ).to(device)
-    teacher = build_teacher(student) if cfg.uda.mode == "self_training" else None
+    teacher = None
+    if cfg.uda.mode == "self_training":
+        teacher = build_teacher(student, cfg.uda.teacher_bn)
     fd = None
     if cfg.uda.fd_lambda > 0:
         fd = FeatureDistance(student, cfg.uda.fd_lambda, cfg.uda.fd_classes, cfg.uda.fd_min_ratio)
@@ -387,12 +394,16 @@ class Trainer:
                 ok = self._optimizer_step(out)
                 if self.info.distributed:
                     average_buffers(self.student)
+                    if self.nets.teacher is not None and cfg.uda.teacher_bn == "batch":
+                        # its BatchNorm statistics follow each rank's own target batch
+                        average_buffers(self.nets.teacher)
                 if ok:
                     self.nonfinite_streak = 0
                     if self.nets.teacher is not None:
                         ema_update(
-                            self.nets.teacher, self.student, ema_alpha(it, cfg.uda.ema_alpha)
-                        )
+                            self.nets.teacher, self.student, ema_alpha(it, cfg.uda.ema_alpha),
+                            buffers=cfg.uda.teacher_bn == "ema",
+                        )  # fmt: skip
                 else:
                     self.nonfinite_streak += 1
                     self.skipped_steps += 1
@@ -470,6 +481,11 @@ class Trainer:
             "train_seconds": time.perf_counter() - t_start,
             "evals": evals,
         }
+        if cfg.model.init_from is not None:  # which warm start, byte for byte
+            from pipa_core.assets import resolve_weights
+            from pipa_core.io import sha256_file
+
+            result["init_from_sha256"] = sha256_file(resolve_weights(cfg.model.init_from))
         if finished:
             res = self.evaluate()
             self.logger.log(self.iteration, _eval_row(res), kind="eval")
