@@ -6,7 +6,6 @@ import pytest
 import torch
 
 from pipa_core.eval.runs import (
-    ablation_settings,
     build_segmentor_for,
     collect_results,
     load_run_config,
@@ -38,11 +37,6 @@ def test_make_run_config_applies_notebook_parameters():
     assert make_run_config("synthetic", "pipa").losses.enabled == ("pixel", "patch")
     with pytest.raises(ValueError, match="must be a list"):
         make_run_config("synthetic", "pipa", losses="{a: 1}")
-
-
-def test_ablation_settings_add_temporal_only_on_video():
-    assert list(ablation_settings(False)) == ["baseline", "+pixel", "+patch", "+pixel+patch"]
-    assert ablation_settings(True)["+pixel+patch+temporal"] == ("pixel", "patch", "temporal")
 
 
 def _fake_run(tmp_path, name, seed, losses, miou):

@@ -9,6 +9,7 @@ import pytest
 import pipa_core.uda.trainer as trainer_mod
 from pipa_core.data.synthetic import ensure_synthetic
 from pipa_core.uda.experiments import (
+    ablation_settings,
     quickstart_config,
     run_quickstart_table,
     summarize_runs,
@@ -52,6 +53,7 @@ def test_quickstart_table_end_to_end_and_reuse(tmp_path, monkeypatch):
     overrides = [
         "data.synthetic_size=tiny",
         "model.decoder_channels=16",
+        "model.init_from=null",
         "model.proj_dim=8",
         "optim.max_iters=2",
         "runtime.num_threads=1",
@@ -65,13 +67,15 @@ def test_quickstart_table_end_to_end_and_reuse(tmp_path, monkeypatch):
         data_root=str(tmp_path / "data"),
         overrides=overrides,
         progress=False,
+        jobs=1,
     )
     table = run_quickstart_table(**kw)
     assert [r["method"] for r in table["rows"]] == ["source_only", "oracle"]
     assert all(len(r["miou"]) == 2 for r in table["rows"])
     saved = json.loads((tmp_path / "qs" / "results.json").read_text())
     assert saved["domain_gap"] == pytest.approx(table["domain_gap"])
-    assert (tmp_path / "qs" / "results.md").read_text() == table["markdown"]
+    md = (tmp_path / "qs" / "results.md").read_text()
+    assert md == table["markdown"] + "\n" + table["per_class_markdown"]
     assert (tmp_path / "qs" / "oracle" / "seed1" / "result.json").is_file()
 
     # A second call reuses the finished runs: training is never called.
@@ -98,6 +102,7 @@ def test_quickstart_table_resumes_an_interrupted_run(tmp_path):
     overrides = [
         "data.synthetic_size=tiny",
         "model.decoder_channels=16",
+        "model.init_from=null",
         "model.proj_dim=8",
         "optim.max_iters=3",
         "runtime.log_interval=1",
@@ -112,9 +117,83 @@ def test_quickstart_table_resumes_an_interrupted_run(tmp_path):
     assert not trainer_mod.train(cfg)["finished"]  # interrupted after 2 of 3 iterations
     table = run_quickstart_table(
         methods=("source_only",), seeds=(0,), out_dir=tmp_path / "qs", data_root=data_root,
-        overrides=overrides, progress=False,
+        overrides=overrides, progress=False, jobs=1,
     )  # fmt: skip
     assert table["rows"][0]["iterations"] == 3
     rows = (tmp_path / "qs" / "source_only" / "seed0" / "metrics.jsonl").read_text().splitlines()
     train_iters = [json.loads(r)["iter"] for r in rows if json.loads(r)["kind"] == "train"]
     assert train_iters == [1, 2, 3]  # iterations 1-2 from the first process, 3 resumed
+
+
+def test_parallel_runs_give_the_same_results_as_sequential_ones(tmp_path):
+    ensure_synthetic(tmp_path / "data" / "synthetic", size="tiny")
+    overrides = [
+        "data.synthetic_size=tiny",
+        "model.decoder_channels=16",
+        "model.init_from=null",
+        "model.proj_dim=8",
+        "losses.patch.crop_size=32",
+        "optim.max_iters=2",
+        "optim.warmup_iters=1",
+        "runtime.num_threads=1",
+        "runtime.tensorboard=false",
+        "eval.max_samples=2",
+    ]
+    kw = dict(
+        methods=("dacs", "pipa"), seeds=(0,), data_root=str(tmp_path / "data"),
+        overrides=overrides, progress=False,
+    )  # fmt: skip
+    two = run_quickstart_table(out_dir=tmp_path / "two", jobs=2, **kw)
+    one = run_quickstart_table(out_dir=tmp_path / "one", jobs=1, **kw)
+    assert [r["miou"] for r in two["rows"]] == [r["miou"] for r in one["rows"]]
+    assert [r["per_class"] for r in two["rows"]] == [r["per_class"] for r in one["rows"]]
+    assert two["runs"]["pipa"] == [str(tmp_path / "two" / "pipa" / "seed0")]
+    md = (tmp_path / "two" / "results.md").read_text()
+    assert "| class | Self-training (DACS) | Self-training + PiPa |" in md and "| road |" in md
+
+
+def test_warm_start_command_trains_exports_and_records(tmp_path):
+    from pipa_core.io import sha256_file
+    from pipa_core.models.pretrained import read_state_dict
+    from pipa_core.warm_start import main
+
+    ensure_synthetic(tmp_path / "data" / "synthetic", size="tiny")
+    out = tmp_path / "ws.pt"
+    sets = [
+        "data.synthetic_size=tiny", "model.decoder_channels=16", "optim.max_iters=2",
+        "optim.warmup_iters=1", "runtime.tensorboard=false", "runtime.progress=false",
+        "eval.max_samples=2",
+    ]  # fmt: skip
+    card = main(
+        [
+            "--out",
+            str(out),
+            "--run-dir",
+            str(tmp_path / "run"),
+            "--data-root",
+            str(tmp_path / "data"),
+        ]
+        + [a for s in sets for a in ("--set", s)]
+    )
+    assert card["sha256"] == sha256_file(out) and card["iterations"] == 2
+    assert card["config"]["model"]["init_from"] is None  # trained from random weights
+    assert card["command"].startswith(
+        "python -m pipa_core.warm_start --set data.synthetic_size=tiny"
+    )
+    saved = json.loads(out.with_suffix(".json").read_text())
+    assert saved == card
+    sd = read_state_dict(out)
+    assert any(k.startswith("encoder.") for k in sd) and not any(
+        k.startswith("proj_heads.") for k in sd
+    )
+    # a synthetic run starts from it
+    cfg = quickstart_config(
+        "dacs", 0, tmp_path / "qs", str(tmp_path / "data"), [*sets, f"model.init_from={out}"]
+    )
+    result = trainer_mod.train(cfg)
+    assert result["finished"] and result["init_from_sha256"] == card["sha256"]
+
+
+def test_ablation_settings_add_temporal_only_on_video():
+    assert list(ablation_settings(False)) == ["self-training", "+pixel", "+patch", "+pixel+patch"]
+    assert ablation_settings(True)["+pixel+patch+temporal"] == ("pixel", "patch", "temporal")

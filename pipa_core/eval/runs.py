@@ -17,20 +17,6 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset, Subset
 
-#: PiPa's ablation study: DAFormer self-training plus the listed losses.
-ABLATION_SETTINGS: dict[str, tuple[str, ...]] = {
-    "baseline": (),
-    "+pixel": ("pixel",),
-    "+patch": ("patch",),
-    "+pixel+patch": ("pixel", "patch"),
-    "+pixel+patch+temporal": ("pixel", "patch", "temporal"),  # PiPa++ on video benchmarks
-}
-
-
-def ablation_settings(video: bool) -> dict[str, tuple[str, ...]]:
-    """The ablation settings for a benchmark: temporal contrast only where frames exist."""
-    return {k: v for k, v in ABLATION_SETTINGS.items() if video or "temporal" not in v}
-
 
 def _resolve_checkpoint(run: str | os.PathLike) -> Path:
     p = Path(run)

@@ -1,21 +1,35 @@
-"""The quickstart result: source-only vs. oracle vs. DACS vs. PiPa on the embedded benchmark.
+"""The experiments of the embedded benchmark: its warm start, the quickstart table, run reuse.
 
-:func:`run_quickstart_table` trains each method for a few hundred iterations
-per seed on the synthetic sim-to-real benchmark, evaluates on the target val
-split, and writes a results table (``results.json`` + ``results.md``) with the
-mean ± std over seeds, the domain gap (oracle − source-only) and the fraction
-of the gap each method closes. Finished runs are reused, so re-running the
-notebook only trains what is missing, and an interrupted run of the same
-configuration is resumed from its checkpoint.
+Protocol (docs/training.md#the-cpu-tutorial-protocol): every method starts from
+one source model, the *warm start* (``model.init_from="synthetic_warm_start"``,
+shipped with the package and made by :func:`warm_start_config` through
+``python -m pipa_core.warm_start``). From it, each method trains the same
+number of iterations with the same schedule:
+
+- **source only** continues the supervised source training: the control;
+- **target oracle** fine-tunes on the labelled target images: the upper bound;
+- **DACS** self-trains on the unlabelled target (mean teacher, ClassMix);
+- **PiPa** adds pixel and patch contrast to the same self-training.
+
+:func:`run_quickstart_table` trains every method for every seed (two runs at a
+time on two cores, one torch thread each), evaluates on the target val split,
+and writes ``results.json`` + ``results.md``: mean ± std over seeds, the domain
+gap (oracle − source only), the fraction of the gap each method closes and the
+per-class IoU. Finished runs of the same configuration and warm start are
+reused, and an interrupted run of the same configuration is resumed.
 """
 
 from __future__ import annotations
 
 import json
+import logging
+import multiprocessing
+import os
 import statistics
 from collections.abc import Sequence
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 from pipa_core.io import atomic_write_json, atomic_write_text
 from pipa_core.uda.checkpoint import find_latest
@@ -23,13 +37,28 @@ from pipa_core.uda.config import TrainConfig, apply_overrides, make_config
 
 #: Row labels of the table.
 METHOD_LABELS = {
-    "source_only": "Source only",
+    "source_only": "Source only (control)",
     "oracle": "Target oracle (supervised)",
     "dacs": "Self-training (DACS)",
     "daformer": "Self-training + DAFormer extras",
     "pipa": "Self-training + PiPa",
+    "pipa_pp": "Self-training + PiPa++",
     "spcl": "Self-training + SPCL",
 }
+#: The quickstart table's methods, in table order.
+QUICKSTART_METHODS = ("source_only", "oracle", "dacs", "pipa")
+
+#: How the shipped warm start was trained: source only from random weights (on top of the
+#: synthetic preset's source augmentation), recorded so ``python -m pipa_core.warm_start``
+#: reproduces it. docs/training.md explains each value.
+WARM_START_OVERRIDES = (
+    "model.init_from=null",
+    "optim.max_iters=8000",
+    "optim.warmup_iters=100",
+    "eval.interval=0",
+    "runtime.checkpoint_interval=1000",
+    "runtime.seed=0",
+)
 
 
 def quickstart_config(
@@ -54,38 +83,162 @@ def quickstart_config(
     )
 
 
+def warm_start_config(
+    run_dir: str | Path = "runs/warm_start", data_root: str = "data", overrides: Sequence[str] = ()
+) -> TrainConfig:
+    """The recipe of the shipped warm start (:data:`WARM_START_OVERRIDES`), writing to ``run_dir``."""
+    cfg = make_config("synthetic", "source_only")
+    return apply_overrides(
+        cfg,
+        [
+            *WARM_START_OVERRIDES,
+            f"data.data_root={data_root}",
+            f"runtime.run_dir={run_dir}",
+            "name=synthetic_warm_start",
+            *overrides,
+        ],
+    )
+
+
+# --------------------------------------------------------------------------- run reuse
+def _comparable(d: dict) -> dict:
+    # Runtime settings (devices, threads, logging, where the run lives) and the labels
+    # (name, the recipe a config started from) change no result.
+    return {k: v for k, v in d.items() if k not in ("runtime", "name", "method")}
+
+
 def _same_config(cfg: TrainConfig) -> bool:
     """Whether the run directory holds a run of ``cfg`` (runtime settings aside)."""
     try:
         saved = json.loads((cfg.resolved_run_dir / "config.json").read_text())
     except (FileNotFoundError, json.JSONDecodeError):
         return False
-    mine = cfg.to_dict()
-    return {k: v for k, v in saved.items() if k != "runtime"} == {
-        k: v for k, v in mine.items() if k != "runtime"
-    }
+    return _comparable(saved) == _comparable(cfg.to_dict())
 
 
-def _finished_result(cfg: TrainConfig) -> dict | None:
-    """The result of an earlier finished run with the same configuration, if any."""
-    if not _same_config(cfg):
+def _init_sha256(cfg: TrainConfig) -> Optional[str]:
+    if cfg.model.init_from is None:
         return None
+    from pipa_core.assets import resolve_weights
+    from pipa_core.io import sha256_file
+
+    return sha256_file(resolve_weights(cfg.model.init_from))
+
+
+def _finished_in(run_dir: Path, cfg: TrainConfig, sha: Optional[str]) -> Optional[dict]:
     try:
-        result = json.loads((cfg.resolved_run_dir / "result.json").read_text())
-    except (FileNotFoundError, json.JSONDecodeError):
+        saved = json.loads((run_dir / "config.json").read_text())
+        result = json.loads((run_dir / "result.json").read_text())
+    except (FileNotFoundError, NotADirectoryError, json.JSONDecodeError):
         return None
-    return result if result.get("finished") else None
+    if _comparable(saved) != _comparable(cfg.to_dict()) or not result.get("finished"):
+        return None
+    return result if result.get("init_from_sha256") == sha else None
+
+
+def finished_result(cfg: TrainConfig, search: Sequence[str | Path] = ()) -> Optional[dict]:
+    """The result of an earlier finished run with the same configuration and the same
+    warm-start file (byte for byte): in the config's own run directory, else in any run
+    directory below one of ``search`` (e.g. the quickstart's runs, for an ablation)."""
+    sha = _init_sha256(cfg)
+    found = _finished_in(cfg.resolved_run_dir, cfg, sha)
+    for root in search:
+        for config in sorted(Path(root).glob("**/config.json")) if found is None else ():
+            found = _finished_in(config.parent, cfg, sha)
+            if found is not None:
+                break
+    return found
 
 
 def train_or_reuse(cfg: TrainConfig) -> dict:
     """``train(cfg)``, unless its run directory already holds a finished run of the same
     configuration: then that run's result, so re-running a notebook never retrains
-    (and never overwrites) finished work."""
-    from pipa_core.uda.trainer import train
+    (and never overwrites) finished work. An interrupted run of the same configuration
+    is resumed from its last checkpoint."""
+    from pipa_core.uda import trainer
 
-    return _finished_result(cfg) or train(cfg)
+    result = finished_result(cfg)
+    if result is not None:
+        return result
+    if _same_config(cfg) and find_latest(cfg.resolved_run_dir) is not None:
+        cfg = apply_overrides(cfg, ["runtime.resume=true"])
+    return trainer.train(cfg)
 
 
+def _worker_init() -> None:
+    import torch
+
+    # Two processes on two cores: one thread each is much faster than two each.
+    torch.set_num_threads(1)
+    logging.basicConfig(level=logging.WARNING)
+
+
+def _train_worker(cfg_dict: dict, reuse: bool = True) -> dict:
+    cfg = TrainConfig.from_dict(cfg_dict)
+    if reuse:
+        return train_or_reuse(cfg)
+    from pipa_core.uda import trainer
+
+    return trainer.train(cfg)
+
+
+def default_jobs() -> int:
+    """Runs at a time: 1 with a GPU (one model per device), else one per core, at most 2."""
+    import torch
+
+    if torch.cuda.is_available():
+        return 1
+    return max(1, min(2, os.cpu_count() or 1))
+
+
+def run_configs(
+    configs: Sequence[TrainConfig],
+    jobs: Optional[int] = None,
+    progress: bool = True,
+    reuse: bool = True,
+    reuse_from: Sequence[str | Path] = (),
+) -> list[dict]:
+    """Train every config (or, with ``reuse``, take its finished run); results in the order given.
+
+    With ``jobs > 1`` the runs go to that many worker processes (spawned, one torch
+    thread each, no per-run progress bar); finished runs are reused without starting a
+    process, also from run directories below ``reuse_from`` (:func:`finished_result`).
+    Results do not depend on ``jobs``.
+    """
+    from tqdm.auto import tqdm
+
+    jobs = default_jobs() if jobs is None else int(jobs)
+    if jobs < 1:
+        raise ValueError(f"jobs must be >= 1, got {jobs}")
+    results = [finished_result(c, reuse_from) if reuse else None for c in configs]
+    todo = [i for i, r in enumerate(results) if r is None]
+    bar = tqdm(
+        total=len(configs), initial=len(configs) - len(todo), desc="runs", disable=not progress
+    )
+    try:
+        if jobs == 1 or len(todo) <= 1:
+            for i in todo:
+                results[i] = _train_worker(configs[i].to_dict(), reuse)
+                bar.update(1)
+        else:
+            quiet = ["runtime.progress=false", "runtime.num_threads=1"]
+            ctx = multiprocessing.get_context("spawn")
+            with ProcessPoolExecutor(min(jobs, len(todo)), ctx, _worker_init) as pool:
+                futures = {
+                    pool.submit(
+                        _train_worker, apply_overrides(configs[i], quiet).to_dict(), reuse
+                    ): i
+                    for i in todo
+                }
+                for fut in as_completed(futures):
+                    results[futures[fut]] = fut.result()
+                    bar.update(1)
+    finally:
+        bar.close()
+    return results  # type: ignore[return-value]
+
+
+# --------------------------------------------------------------------------- the table
 def summarize_runs(results: dict[str, list[dict]], protocol: str = "cs19") -> dict[str, Any]:
     """Aggregate per-seed results into the table.
 
@@ -93,8 +246,9 @@ def summarize_runs(results: dict[str, list[dict]], protocol: str = "cs19") -> di
         results: method -> list of ``train()`` result dicts (one per seed).
         protocol: the class protocol of the headline mIoU.
     Returns:
-        ``{"rows": [{method, label, seeds, miou (per seed), mean, std, gap_closed, train_minutes}],
-        "domain_gap": oracle − source-only (or None), "protocol": ...}``.
+        ``{"rows": [{method, label, seeds, miou (per seed), mean, std, gap_closed,
+        train_minutes, iterations, per_class (mean IoU per class over seeds; None where a
+        class is absent)}], "domain_gap": oracle − source-only (or None), "protocol": ...}``.
     """
 
     def miou(r: dict) -> float:
@@ -103,6 +257,12 @@ def summarize_runs(results: dict[str, list[dict]], protocol: str = "cs19") -> di
     rows = []
     for method, runs in results.items():
         vals = [miou(r) for r in runs]
+        per_class: dict[str, Optional[float]] = {}
+        for r in runs:
+            for cls, v in r["eval"]["protocols"][protocol].get("per_class_IoU", {}).items():
+                per_class.setdefault(cls, [])  # type: ignore[arg-type]
+                if v is not None:
+                    per_class[cls].append(v)  # type: ignore[union-attr]
         rows.append(
             {
                 "method": method,
@@ -113,6 +273,7 @@ def summarize_runs(results: dict[str, list[dict]], protocol: str = "cs19") -> di
                 "std": statistics.stdev(vals) if len(vals) > 1 else 0.0,
                 "train_minutes": statistics.fmean(r["train_seconds"] for r in runs) / 60,
                 "iterations": runs[0]["iterations"],
+                "per_class": {c: statistics.fmean(v) if v else None for c, v in per_class.items()},
             }
         )
     by = {r["method"]: r for r in rows}
@@ -148,14 +309,32 @@ def to_markdown(table: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def per_class_markdown(table: dict[str, Any], digits: int = 1) -> str:
+    """Mean IoU per class and method (one row per class, so the table stays narrow)."""
+    rows = table["rows"]
+    classes = list(rows[0]["per_class"]) if rows else []
+    lines = [
+        "| class | " + " | ".join(r["label"] for r in rows) + " |",
+        "|---|" + "---|" * len(rows),
+    ]
+    for c in classes:
+        cells = [
+            "n/a" if r["per_class"].get(c) is None else f"{r['per_class'][c]:.{digits}f}"
+            for r in rows
+        ]
+        lines.append(f"| {c} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def run_quickstart_table(
-    methods: Sequence[str] = ("source_only", "oracle", "dacs", "pipa"),
+    methods: Sequence[str] = QUICKSTART_METHODS,
     seeds: Sequence[int] = (0, 1, 2),
     out_dir: str | Path = "runs/quickstart",
     data_root: str = "data",
     overrides: Sequence[str] = (),
     reuse: bool = True,
     progress: bool = True,
+    jobs: Optional[int] = None,
 ) -> dict[str, Any]:
     """Train every method for every seed on the synthetic benchmark and write the results table.
 
@@ -165,30 +344,144 @@ def run_quickstart_table(
         out_dir: runs go to ``out_dir/<method>/seed<k>``; the table to ``out_dir/results.{json,md}``.
         data_root: where the synthetic benchmark is (generated on first use).
         overrides: ``section.key=value`` pairs applied to every run (e.g. ``optim.max_iters=100``).
-        reuse: skip runs that already finished with the same configuration.
-        progress: show tqdm bars.
+        reuse: skip runs that already finished with the same configuration and warm start.
+        progress: show a progress bar over runs.
+        jobs: runs at a time (:func:`default_jobs`).
     Returns:
-        The table dict of :func:`summarize_runs` plus ``"markdown"`` and ``"paths"``.
+        The table dict of :func:`summarize_runs` plus ``"markdown"``, ``"per_class_markdown"``,
+        ``"runs"`` (method -> run directories) and ``"paths"``.
     """
-    from pipa_core.uda.trainer import train
-
-    extra = [*overrides, f"runtime.progress={str(progress).lower()}"]
+    configs = [
+        quickstart_config(m, s, out_dir, data_root, overrides) for m in methods for s in seeds
+    ]
+    flat = run_configs(configs, jobs=jobs, progress=progress, reuse=reuse)
     results: dict[str, list[dict]] = {}
-    for method in methods:
-        for seed in seeds:
-            cfg = quickstart_config(method, seed, out_dir, data_root, extra)
-            result = _finished_result(cfg) if reuse else None
-            if result is None:
-                if reuse and _same_config(cfg) and find_latest(cfg.resolved_run_dir):
-                    # an interrupted run of the same configuration: continue it
-                    cfg = apply_overrides(cfg, ["runtime.resume=true"])
-                result = train(cfg)
-            result["seed"] = seed
-            results.setdefault(method, []).append(result)
+    for cfg, result in zip(configs, flat):
+        result = dict(result, seed=cfg.runtime.seed)
+        results.setdefault(cfg.method, []).append(result)
     table = summarize_runs(results)
     table["markdown"] = to_markdown(table)
+    table["per_class_markdown"] = per_class_markdown(table)
+    table["runs"] = {m: [r["run_dir"] for r in rs] for m, rs in results.items()}
     out = Path(out_dir)
     table["paths"] = {"json": str(out / "results.json"), "markdown": str(out / "results.md")}
-    atomic_write_json(out / "results.json", {k: v for k, v in table.items() if k != "markdown"})
-    atomic_write_text(out / "results.md", table["markdown"])
+    atomic_write_json(
+        out / "results.json", {k: v for k, v in table.items() if not k.endswith("markdown")}
+    )
+    atomic_write_text(out / "results.md", table["markdown"] + "\n" + table["per_class_markdown"])
     return table
+
+
+# --------------------------------------------------------------------------- ablation
+#: PiPa's ablation study: self-training plus the listed losses.
+ABLATION_SETTINGS: dict[str, tuple[str, ...]] = {
+    "self-training": (),
+    "+pixel": ("pixel",),
+    "+patch": ("patch",),
+    "+pixel+patch": ("pixel", "patch"),
+    "+pixel+patch+temporal": ("pixel", "patch", "temporal"),  # PiPa++ on video benchmarks
+}
+
+
+def ablation_settings(video: bool) -> dict[str, tuple[str, ...]]:
+    """The ablation settings for a benchmark: temporal contrast only where frames exist."""
+    return {k: v for k, v in ABLATION_SETTINGS.items() if video or "temporal" not in v}
+
+
+def ablation_config(
+    benchmark: str,
+    method: str,
+    setting: str,
+    losses: Sequence[str],
+    seed: int,
+    out_dir: str | Path,
+    data_root: str = "data",
+    overrides: Sequence[str] = (),
+) -> TrainConfig:
+    """``method``'s preset with exactly ``losses``, writing to ``out_dir/<setting>/seed<k>``."""
+    slug = setting.strip("+").replace("+", "_") or "self-training"
+    cfg = make_config(benchmark, method)
+    return apply_overrides(
+        cfg,
+        [
+            f"losses.enabled={','.join(losses)}" if losses else "losses.enabled=[]",
+            f"data.data_root={data_root}",
+            f"runtime.seed={seed}",
+            f"runtime.run_dir={Path(out_dir) / slug / f'seed{seed}'}",
+            f"name={benchmark}_{method}_{slug}_seed{seed}",
+            *overrides,
+        ],
+    )
+
+
+def run_ablation(
+    benchmark: str = "synthetic",
+    method: str = "daformer",
+    settings: Optional[Sequence[str]] = None,
+    seeds: Sequence[int] = (0, 1, 2),
+    out_dir: str | Path = "runs/ablation",
+    data_root: str = "data",
+    overrides: Sequence[str] = (),
+    jobs: Optional[int] = None,
+    reuse_from: Sequence[str | Path] = (),
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Every setting of :func:`ablation_settings` x seed from ``method``'s preset; the table.
+
+    Finished runs of the same configuration are reused, from ``out_dir`` or from run
+    directories below ``reuse_from`` (the quickstart's DACS and PiPa runs are the
+    ablation's first and last rows on the embedded benchmark).
+
+    Returns:
+        ``{"runs": [{setting, seed, losses, mIoU, run_dir}], "table": [{setting, mean, std,
+        runs}], "markdown": ...}``; also written to ``out_dir/ablation.{json,md}``.
+    """
+    from pipa_core.data.benchmarks import get_benchmark
+
+    available = ablation_settings(get_benchmark(benchmark).video)
+    chosen = list(settings or available)
+    unknown = [s for s in chosen if s not in available]
+    if unknown:
+        raise ValueError(f"unknown ablation setting(s) {unknown}; valid: {', '.join(available)}")
+    jobs_cfg = [
+        (
+            name,
+            s,
+            ablation_config(
+                benchmark, method, name, available[name], s, out_dir, data_root, overrides
+            ),
+        )
+        for name in chosen
+        for s in seeds
+    ]
+    results = run_configs(
+        [c for _, _, c in jobs_cfg], jobs=jobs, progress=progress, reuse_from=reuse_from
+    )
+    runs = [
+        {
+            "setting": name,
+            "seed": s,
+            "losses": "+".join(available[name]) or "-",
+            "mIoU": float(r["mIoU"]),
+            "run_dir": r["run_dir"],
+        }
+        for (name, s, _), r in zip(jobs_cfg, results)
+    ]
+    table = []
+    for name in chosen:
+        vals = [r["mIoU"] for r in runs if r["setting"] == name]
+        std = statistics.stdev(vals) if len(vals) > 1 else 0.0
+        table.append(
+            {"setting": name, "mean": statistics.fmean(vals), "std": std, "runs": len(vals)}
+        )
+    lines = ["| setting | mIoU mean ± std | per seed |", "|---|---|---|"]
+    for row in table:
+        per_seed = ", ".join(f"{r['mIoU']:.1f}" for r in runs if r["setting"] == row["setting"])
+        lines.append(f"| {row['setting']} | {row['mean']:.1f} ± {row['std']:.1f} | {per_seed} |")
+    out = {"benchmark": benchmark, "method": method, "runs": runs, "table": table}
+    out["markdown"] = "\n".join(lines) + "\n"
+    atomic_write_json(
+        Path(out_dir) / "ablation.json", {k: v for k, v in out.items() if k != "markdown"}
+    )
+    atomic_write_text(Path(out_dir) / "ablation.md", out["markdown"])
+    return out
