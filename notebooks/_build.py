@@ -56,156 +56,205 @@ pd.set_option("display.float_format", "{:.1f}".format)
 # --------------------------------------------------------------------------- quickstart
 QUICKSTART = [
     md(r"""
-# Quickstart: PiPa on the embedded sim-to-real benchmark
+# Quickstart: domain adaptation on the embedded sim-to-real benchmark
 
 Unsupervised domain adaptation (UDA) for semantic segmentation: a model learns
 from labelled **source** images (a game engine) and unlabelled **target**
 images (the real world), and is judged on the target. This notebook runs the
-whole story end to end on a CPU in minutes, on a procedurally generated street
+whole comparison on a CPU in minutes, on a procedurally generated street
 benchmark that ships with `pipa_core` (no download):
 
-1. look at both domains (dataset card);
-2. train a **source-only** model and a **PiPa** model with the training engine;
-3. evaluate both on the target validation split and compare per class;
-4. look at predictions;
-5. (optional) the full comparison table: oracle, source-only, DACS and PiPa over 3 seeds.
+1. look at both domains;
+2. the protocol: one source model as the warm start of every method;
+3. train source-only (the control), the target oracle, DACS self-training and PiPa, over 3 seeds;
+4. the table: mIoU mean ± std and the share of the domain gap each method closes;
+5. learning curves, per-class IoU, the teacher's pseudo-label accuracy, predictions.
 
 Numbers on this toy benchmark are *not* the paper's numbers (`evaluate.ipynb`
-puts those beside yours on the real benchmarks); compare the ordering of the
-methods with the papers' (source-only < self-training < PiPa < oracle).
+puts those beside yours on the real benchmarks).
 """),
     params("""
 data_root = "data"  # the synthetic benchmark is generated in <data_root>/synthetic
 out_dir = "runs/quickstart"  # runs (<method>/seed<k>), results.md and quickstart.json go here
 figures_dir = "figures"  # figures: quickstart_*.png and dataset_card.png
 overrides = []  # settings for every run: section.key assignments, as in train.ipynb
-seeds = [0, 1, 2]  # seeds of the full comparison table
-run_table = True  # also run the full table (oracle / source-only / DACS / PiPa x seeds)
+seeds = [0, 1, 2]  # one run per method and seed
+jobs = None  # runs at a time; None: one per CPU core (at most 2), 1 with a GPU
 n_examples = 3  # rows of the qualitative grid
-num_threads = None  # torch CPU threads; None: torch's default
+num_threads = None  # torch CPU threads of this kernel; None: torch's default
 """),
     code(SETUP),
     md(r"""
 ## 1. The two domains
 
 The **source** domain looks like a game: flat shading, saturated colours,
-crisp edges. The **target** domain looks "real": textures, lighting, colour
-cast, blur, sensor noise, and its street layouts have different statistics
-(class frequencies differ too). Labels use the 19 Cityscapes classes
+crisp outlines. The **target** domain looks "real": textures, lighting, haze,
+colour cast, blur, sensor noise, a lower camera and a car bonnet; its street
+layouts and class frequencies differ too. Labels use the 19 Cityscapes classes
 (train IDs, 255 = ignore), exactly like GTA5 → Cityscapes.
 """),
     code("""
 from pipa_core.data.synthetic import ensure_synthetic
-from pipa_core.uda.experiments import quickstart_config
+from pipa_core.uda.experiments import QUICKSTART_METHODS, quickstart_config
 from pipa_core.viz.dataset_card import class_frequency_table, make_dataset_card
 
 %matplotlib inline
-size = quickstart_config("pipa", 0, out_dir, data_root, overrides).data.synthetic_size
-root = ensure_synthetic(Path(data_root) / "synthetic", size=size)
+configs = {m: quickstart_config(m, seeds[0], out_dir, data_root, overrides) for m in QUICKSTART_METHODS}
+root = ensure_synthetic(Path(data_root) / "synthetic", size=configs["pipa"].data.synthetic_size)
 card = make_dataset_card(root, Path(figures_dir) / "dataset_card.png")
 display(Image(filename=str(card)))
 freq = class_frequency_table(root)
 freq[(freq > 0).any(axis=1)].round(2)
 """),
     md(r"""
-## 2. Train: source-only, then PiPa
+## 2. The protocol
 
-**Source-only** minimises the cross-entropy on labelled source crops. **PiPa**
-adds self-training on the target (DACS / DAFormer: an EMA teacher produces
-pseudo-labels, ClassMix pastes source classes onto target images) and two
-self-supervised losses on projection-head embeddings $e$, with
-$r(a,b) = \exp(\cos(a,b)/\tau)$:
+A model trained from random weights on a few hundred source images learns
+colour → class and is confidently wrong on the target; self-training from it
+only reinforces its mistakes. The real benchmarks avoid that with ImageNet
+weights; this tutorial does the two things the literature does without them
+(docs/training.md, "The CPU tutorial protocol"):
 
-* **pixel contrast** (source labels): pixels of the same class attract, other classes repel,
-$$\mathcal{L}_{pixel} = -\frac{1}{|P_i|}\sum_{j\in P_i}\log\frac{r(e_i,e_j)}{\sum_{k} r(e_i,e_k)}$$
-* **patch contrast** (unlabelled target): two overlapping crops of one image; a location
-  of the overlap seen in both crops is a positive pair, every other location a negative,
-$$\mathcal{L}_{patch} = -\sum_{p\in O}\log\frac{r(e^1_p,e^2_p)}{r(e^1_p,e^2_p)+\sum_{q\neq p} r(e^1_p,e_q)}$$
+* **one warm start**: a source model trained with standard appearance
+  augmentation (SimCLR's colour distortion and blur, sensor noise) for 8000
+  iterations, shipped with the package (`model.init_from="synthetic_warm_start"`,
+  made by `python -m pipa_core.warm_start`). Every method starts from it.
+* **the same schedule for every method**, from that model: **source only**
+  continues the source training (the control: any gain of the others is
+  adaptation, not extra training), the **target oracle** fine-tunes on target
+  labels (the upper bound), **DACS** self-trains (EMA teacher with DAFormer's
+  batch-statistics BatchNorm, confidence-weighted pseudo-labels, ClassMix,
+  colour jitter and blur on the mixed image) and **PiPa** adds
+  pixel- and patch-wise contrast to the same self-training.
 
-Total: $\mathcal{L} = \mathcal{L}^S_{ce} + \mathcal{L}^T_{ce} + \alpha\mathcal{L}_{pixel} + \beta\mathcal{L}_{patch}$, $\alpha=\beta=0.1$.
+Each method runs once per seed (initialisation of the heads, data order,
+augmentation); the table reports mean ± sample standard deviation over seeds,
+the domain gap (oracle − source only) and the fraction of it each method closes.
 """),
     code("""
-from pipa_core.uda.experiments import train_or_reuse
-
-runs = {}
-for method in ("source_only", "pipa"):
-    cfg = quickstart_config(method, seed=0, out_dir=out_dir, data_root=data_root, overrides=overrides)
-    runs[method] = train_or_reuse(cfg)  # a finished run with this config is reused
-    print(f"{method}: mIoU {runs[method]['mIoU']:.1f} after {runs[method]['iterations']} iterations")
+cfg = configs["pipa"]
+pd.DataFrame(
+    {
+        m: {
+            "mode": c.uda.mode, "losses": " + ".join(c.losses.enabled) or "-",
+            "iterations": c.optim.max_iters, "warm start": c.model.init_from,
+            "EMA": c.uda.ema_alpha if c.uda.mode == "self_training" else "-",
+            "threshold": c.uda.pseudo_threshold if c.uda.mode == "self_training" else "-",
+        }
+        for m, c in configs.items()
+    }
+).T
 """),
     md(r"""
-## 3. Evaluate and compare
+## 3. Train every method for every seed
 
-One confusion matrix over the whole target validation split; IoU per class,
-mean over the classes present (absent classes are excluded, not counted as 0).
+Two runs at a time on two cores (one torch thread each). Finished runs with the
+same configuration and warm start are reused, an interrupted one is resumed, so
+this cell can be stopped and started again.
 """),
     code("""
-per_class = pd.DataFrame(
-    {m: r["eval"]["protocols"]["cs19"]["per_class_IoU"] for m, r in runs.items()}
-).T
-per_class["mIoU"] = [r["mIoU"] for r in runs.values()]
-display(per_class.dropna(axis=1, how="all"))
+from pipa_core.uda.experiments import run_quickstart_table
 
-fig, ax = plt.subplots(figsize=(9, 3))
-per_class.drop(columns="mIoU").T.plot.bar(ax=ax)
-ax.set_ylabel("IoU (%)")
-ax.set_title("target val IoU per class")
+table = run_quickstart_table(
+    methods=QUICKSTART_METHODS, seeds=seeds, out_dir=out_dir, data_root=data_root,
+    overrides=overrides, jobs=jobs,
+)
+display(Markdown(table["markdown"]))
+"""),
+    md(r"""
+## 4. Learning curves
+
+Target val mIoU during training (mean over seeds; the band spans the seeds).
+Every curve starts from the warm start's mIoU.
+"""),
+    code("""
+from pipa_core.assets import asset_card
 from pipa_core.viz import save_figure
+from pipa_core.viz.curves import plot_seed_curves
 
+labels = {r["method"]: r["label"] for r in table["rows"]}
+runs = {labels[m]: dirs for m, dirs in table["runs"].items()}
+start = asset_card("synthetic_warm_start").get("target_val_mIoU") if cfg.model.init_from else None
+fig, ax = plt.subplots(figsize=(7, 4))
+plot_seed_curves(runs, "mIoU", ax=ax, start=start, ylabel="target val mIoU (%)")
+print("saved", save_figure(fig, Path(figures_dir) / "quickstart_curves.png"))
+"""),
+    md(r"""
+## 5. Per-class IoU
+
+Mean IoU over seeds per class (`n/a`: the class does not occur in the val split).
+"""),
+    code("""
+display(Markdown(table["per_class_markdown"]))
+per_class = pd.DataFrame({r["label"]: r["per_class"] for r in table["rows"]}).astype(float)
+fig, ax = plt.subplots(figsize=(11, 3.5))
+per_class.plot.bar(ax=ax, width=0.8)
+ax.set_ylabel("IoU (%)")
+ax.set_title("target val IoU per class (mean over seeds)")
+ax.legend(fontsize=8)
 print("saved", save_figure(fig, Path(figures_dir) / "quickstart_per_class.png"))
 """),
     md(r"""
-## 4. Predictions
+## 6. How good are the teacher's pseudo-labels?
 
-Image, ground truth, then each model's prediction and its error map (white = wrong,
-grey = ignore).
+The target images of this benchmark keep their labels on disk, so we can
+measure what no real UDA run can: how often the teacher's pseudo-labels on the
+training crops are right (all labelled pixels, and the confident ones, with
+confidence ≥ the threshold), and how many pixels are confident. No loss ever
+reads these labels.
+"""),
+    code("""
+st = {labels[m]: table["runs"][m] for m in ("dacs", "pipa") if m in table["runs"]}
+fig, axes = plt.subplots(1, 3, figsize=(14, 3.5))
+for ax, (col, name) in zip(axes, [
+    ("pseudo_acc", "pseudo-label accuracy (%)"),
+    ("pseudo_acc_confident", "accuracy of confident pixels (%)"),
+    ("pseudo_confident_labelled", "confident pixels (%)"),
+]):
+    plot_seed_curves(st, col, kind="train", ax=ax, scale=100, ylabel=name)
+fig.tight_layout()
+print("saved", save_figure(fig, Path(figures_dir) / "quickstart_pseudo_labels.png"))
+"""),
+    md(r"""
+## 7. Predictions
+
+Image, ground truth, then each method's prediction (seed of the first run) and
+its error map (white = wrong, grey = ignore).
 """),
     code("""
 from pipa_core.eval.features import predict_labels
 from pipa_core.eval.runs import analysis_datasets, load_segmentor
 from pipa_core.viz import qualitative_grid
 
-val = analysis_datasets(runs["pipa"]["run_dir"])["target"]  # target val, as the run saw it
+first = {labels[m]: dirs[0] for m, dirs in table["runs"].items()}
+val = analysis_datasets(next(iter(first.values())))["target"]  # target val, as the runs saw it
 samples = [val[i] for i in range(n_examples)]
 imgs = torch.stack([s["img"] for s in samples])
 preds = {}
-for method, res in runs.items():
-    model = load_segmentor(res["run_dir"])
+for title, run in first.items():
+    model = load_segmentor(run)
     with torch.no_grad():
-        preds[method] = list(predict_labels(model, imgs))
+        preds[title] = list(predict_labels(model, imgs))
 fig = qualitative_grid(
     [s["img"] for s in samples], [s["label"] for s in samples], preds,
     names=[s["name"].split("/")[-1] for s in samples],
 )
 print("saved", save_figure(fig, Path(figures_dir) / "quickstart_predictions.png"))
 """),
-    md(r"""
-## 5. The full comparison table
-
-`run_quickstart_table` trains the oracle (target labels: the upper bound),
-source-only, DACS (self-training + ClassMix) and PiPa for every seed, and
-reports mean ± std of the target mIoU and the fraction of the domain gap
-(oracle − source-only) each method closes. It reuses finished runs with the
-same configuration (the two above included), so it can be interrupted and restarted.
-"""),
     code("""
 from pipa_core.io import atomic_write_json
 
-summary = {"runs": {m: {"mIoU": r["mIoU"], "run_dir": r["run_dir"]} for m, r in runs.items()}}
-if run_table:
-    from pipa_core.uda.experiments import run_quickstart_table
-
-    table = run_quickstart_table(
-        seeds=seeds, out_dir=out_dir, data_root=data_root, overrides=overrides
-    )
-    display(Markdown(table["markdown"]))
-    summary["table"] = {k: v for k, v in table.items() if k != "markdown"}
+summary = {
+    "runs": {r["method"]: {"mIoU": r["mean"], "run_dirs": table["runs"][r["method"]]} for r in table["rows"]},
+    "table": {k: v for k, v in table.items() if not k.endswith("markdown")},
+}
 atomic_write_json(Path(out_dir) / "quickstart.json", summary)
 print("wrote", Path(out_dir) / "quickstart.json")
 """),
     md(r"""
-**Next:** `train.ipynb` (any benchmark / ablation), `evaluate.ipynb`,
-`tsne.ipynb` and `ccd.ipynb` (feature analyses of these very runs), `ablation.ipynb`.
+**Next:** `tsne.ipynb` and `ccd.ipynb` (feature analyses of these very runs),
+`ablation.ipynb` (which loss helps, from the same warm start), `video.ipynb`
+(PiPa++'s temporal contrast), `train.ipynb` (any benchmark), `evaluate.ipynb`.
 """),
 ]
 
@@ -407,77 +456,65 @@ ABLATION = [
     md(r"""
 # Ablation: which self-supervised loss helps?
 
-PiPa's ablation study adds the losses one at a time on top of
-DAFormer self-training: baseline, +pixel, +patch, +both, and on video
-benchmarks +temporal (PiPa++). Each setting × seed runs `train.ipynb` through
-papermill (its executed copy is kept next to the run), then the results are
-collected into a mean ± std table and a plot. Finished runs are reused, so an
-interrupted ablation continues where it stopped.
+PiPa's ablation study adds its losses one at a time to the same self-training:
+self-training alone, + pixel contrast, + patch contrast, + both (and, on video
+benchmarks, + temporal contrast: PiPa++). On the embedded benchmark every run
+starts from the tutorial's warm start with the quickstart's schedule, so the
+quickstart's DACS and PiPa runs are this table's first and last rows and are
+reused when they exist. The table and the plot come first; how they were made
+follows.
 """),
     params("""
 benchmark = "synthetic"  # benchmark preset
-method = "daformer"  # the baseline recipe the losses are added to
-settings = None  # None: all for the benchmark; or a subset, e.g. ["baseline", "+pixel"]
+method = "daformer"  # the self-training recipe the losses are added to
+settings = None  # None: all for the benchmark; or a subset, e.g. ["self-training", "+pixel"]
 seeds = [0, 1, 2]  # one run per setting and seed
-max_iters = None  # None: the preset schedule
 data_root = "data"  # where the datasets live
-out_dir = "runs/ablation"  # one sub-directory per run, plus ablation.json / ablation.png
-eval_max_samples = None  # evaluate on the first N target val images; None: all
-overrides = []  # passed to every run (same form as in train.ipynb)
-device = "auto"  # "auto": GPU if present
-num_threads = None  # torch CPU threads; None: torch's default
+out_dir = "runs/ablation"  # <setting>/seed<k> run directories, ablation.json / .md / .png
+reuse_from = ["runs/quickstart"]  # finished runs with the same configuration are taken from here
+jobs = None  # runs at a time; None: one per CPU core (at most 2), 1 with a GPU
+overrides = []  # passed to every run: section.key assignments, as in train.ipynb
+num_threads = None  # torch CPU threads of this kernel; None: torch's default
 """),
     code(SETUP),
+    md("## 1. The table: target mIoU, mean ± std over seeds"),
     code("""
-import papermill as pm
+from pipa_core.uda.experiments import run_ablation
 
-from pipa_core.data.benchmarks import get_benchmark
-from pipa_core.eval.runs import ablation_settings, notebook_path
-
-available = ablation_settings(get_benchmark(benchmark).video)
-chosen = {k: available[k] for k in (settings or available)}
-chosen
+ablation = run_ablation(
+    benchmark, method, settings=settings, seeds=seeds, out_dir=out_dir, data_root=data_root,
+    overrides=overrides, jobs=jobs, reuse_from=reuse_from,
+)
+display(Markdown(ablation["markdown"]))
 """),
-    md("## 1. Run every setting and seed"),
     code("""
-from tqdm.auto import tqdm
+from pipa_core.viz import ablation_barplot, save_figure
 
-out = Path(out_dir)
-jobs = [(name, list(losses), s) for name, losses in chosen.items() for s in seeds]
-for name, losses, s in tqdm(jobs, desc="ablation runs"):
-    run_dir = out / f"{benchmark}_{method}_{name.strip('+').replace('+', '_')}_s{s}"
-    if (run_dir / "result.json").is_file():
-        continue  # finished before: reuse
-    run_dir.mkdir(parents=True, exist_ok=True)
-    pm.execute_notebook(
-        str(notebook_path("train")), str(run_dir / "train.ipynb"),
-        parameters=dict(
-            benchmark=benchmark, method=method, losses=losses, seed=s, max_iters=max_iters,
-            data_root=str(data_root), run_dir=str(run_dir), eval_max_samples=eval_max_samples,
-            overrides=list(overrides), device=device, num_threads=num_threads,
-        ),
-        progress_bar=False,
-    )
+runs = pd.DataFrame(ablation["runs"])
+fig = ablation_barplot(runs, title=f"{benchmark}: {method} self-training + PiPa's losses")
+print("saved", save_figure(fig, Path(out_dir) / "ablation.png"))
 """),
     md(r"""
-## 2. Mean ± std over seeds
+## 2. How it was made
 
+One configuration per setting (the `method` preset with exactly the listed
+losses), one run per seed; every run of a setting differs only in its seed.
 The standard deviation is the sample standard deviation over seeds (0 for one seed).
 """),
     code("""
-from pipa_core.eval.runs import collect_results
-from pipa_core.io import atomic_write_json
-from pipa_core.viz import ablation_barplot, ablation_table, save_figure
+from pipa_core.eval.runs import load_run_config
 
-results = collect_results(sorted(p for p in out.iterdir() if p.is_dir()))
-label = {"+".join(v) or "-": k for k, v in chosen.items()}
-results = results[results["losses"].isin(label) & results["seed"].isin(seeds)].copy()
-results["setting"] = results["losses"].map(label)
-table = ablation_table(results, order=list(chosen))
-display(table)
-atomic_write_json(out / "ablation.json", {"runs": results.to_dict("records"), "table": table.reset_index().to_dict("records")})
-fig = ablation_barplot(results, title=f"{benchmark}: {method} + self-supervised losses")
-print("saved", save_figure(fig, out / "ablation.png"))
+rows = {}
+for r in ablation["runs"]:
+    if r["setting"] in rows:
+        continue
+    c = load_run_config(r["run_dir"])
+    rows[r["setting"]] = {
+        "losses": " + ".join(c.losses.enabled) or "-", "iterations": c.optim.max_iters,
+        "warm start": c.model.init_from, "pixel α": c.losses.pixel.weight, "patch β": c.losses.patch.weight,
+    }
+display(pd.DataFrame(rows).T)
+runs.pivot(index="seed", columns="setting", values="mIoU")[list(rows)]
 """),
 ]
 
@@ -502,6 +539,7 @@ Read clusters, not distances between clusters.
     params("""
 runs = {
     "source-only": "runs/quickstart/source_only/seed0",
+    "DACS": "runs/quickstart/dacs/seed0",
     "PiPa": "runs/quickstart/pipa/seed0",
 }  # panel title -> run directory (default: the quickstart's runs)
 which = "student"  # "student" or "teacher" weights
@@ -577,6 +615,7 @@ classes (docs/analysis.md). SPCL uses 1000 source + 1000 target images.
     params("""
 runs = {
     "source-only": "runs/quickstart/source_only/seed0",
+    "DACS": "runs/quickstart/dacs/seed0",
     "PiPa": "runs/quickstart/pipa/seed0",
 }  # bar label -> run directory (default: the quickstart's runs)
 which = "student"  # "student" or "teacher" weights
@@ -614,8 +653,8 @@ for title, run in runs.items():
 from pipa_core.io import atomic_write_json
 from pipa_core.viz import ccd_barplot, ccd_table, save_figure
 
-for domain in ("source", "target"):
-    display(Markdown(f"**{domain}**"))
+for domain in ("target", "source"):  # target first: what adaptation is about
+    display(Markdown(f"**{domain}** features: CCD per class (lower = more discriminative)"))
     display(ccd_table(results, domain))
     fig = ccd_barplot(results, domain)
     save_figure(fig, Path(out_dir) / f"ccd_{domain}.png")
@@ -645,14 +684,15 @@ $t$'s. No flow is used, so real motion lowers both: compare models, not against 
 benchmark = "synthetic_seq"  # video benchmark preset: synthetic_seq, viper2csseq, synseq2csseq
 data_root = "data"  # where the datasets live
 settings = {"PiPa": "pipa", "PiPa++ (+temporal)": "pipa_pp"}  # title -> method
-seed = 0  # runtime.seed of both runs
+seeds = [0, 1, 2]  # runtime.seed of each pair of runs
 max_iters = None  # None: the preset schedule
 eval_max_samples = None  # evaluate on the first N target val images; None: all
-overrides = []  # settings for both runs, as in train.ipynb
+overrides = []  # settings for every run, as in train.ipynb
 max_pairs = None  # (key, reference) frame pairs for temporal consistency; None: all
 out_dir = "runs/video"  # runs, video.json and figures
+jobs = None  # runs at a time; None: one per CPU core (at most 2), 1 with a GPU
 device = "auto"  # "auto": GPU if present
-num_threads = None  # torch CPU threads; None: torch's default
+num_threads = None  # torch CPU threads of this kernel; None: torch's default
 """),
     code(SETUP),
     code("""
@@ -663,16 +703,21 @@ from pipa_core.uda.distributed import resolve_device
 
 dev = resolve_device(device)
 configs = {
-    title: make_run_config(
-        benchmark, method, seed=seed, max_iters=max_iters, data_root=data_root, device=device,
-        run_dir=Path(out_dir) / f"{benchmark}_{method}_s{seed}", eval_max_samples=eval_max_samples,
+    (title, s): make_run_config(
+        benchmark, method, seed=s, max_iters=max_iters, data_root=data_root, device=device,
+        run_dir=Path(out_dir) / f"{benchmark}_{method}_s{s}", eval_max_samples=eval_max_samples,
         overrides=overrides,
     )
     for title, method in settings.items()
+    for s in seeds
 }
-spec = resolve_benchmark(next(iter(configs.values())))
+first = next(iter(configs.values()))
+spec = resolve_benchmark(first)
 frames = build_frame_pairs_dataset(spec, data_root)  # labelled key frames + reference frames
-pd.DataFrame({t: {"method": c.method, "losses": " + ".join(c.losses.enabled)} for t, c in configs.items()}).T
+pd.DataFrame(
+    {t: {"method": c.method, "losses": " + ".join(c.losses.enabled), "warm start": c.model.init_from,
+         "iterations": c.optim.max_iters} for (t, s), c in configs.items() if s == seeds[0]}
+).T
 """),
     md(r"""
 ## 1. Key frame and reference frame
@@ -697,18 +742,22 @@ for ax, (title, panel) in zip(axes, panels.items()):
     ax.axis("off")
 print("saved", save_figure(fig, Path(out_dir) / "video_frames.png"))
 """),
-    md("## 2. Train with and without temporal contrast"),
-    code("""
-from pipa_core.uda import train
+    md(r"""
+## 2. Train with and without temporal contrast
 
-results = {title: train(cfg) for title, cfg in configs.items()}
-pd.DataFrame({t: {"mIoU": r["mIoU"], "iterations": r["iterations"]} for t, r in results.items()}).T
+Both start from the same warm start with the same schedule and seeds; they
+differ only in the temporal loss. Finished runs are reused.
+"""),
+    code("""
+from pipa_core.uda.experiments import run_configs
+
+results = dict(zip(configs, run_configs(list(configs.values()), jobs=jobs)))
 """),
     md(r"""
-## 3. Temporal consistency of predictions
+## 3. Temporal consistency of predictions, beside mIoU
 
-Every key frame of the target split is paired with its reference frame;
-both are predicted and compared (pairs ordered in time).
+Every key frame of the target sequences is paired with its reference frame;
+both are predicted and compared (pairs ordered in time). Mean ± std over seeds.
 """),
     code("""
 from torch.utils.data import Subset
@@ -718,24 +767,21 @@ from pipa_core.eval.temporal import evaluate_temporal_consistency
 from pipa_core.io import atomic_write_json
 
 pairs = frames if max_pairs is None else Subset(frames, range(min(len(frames), max_pairs)))
-consistency = {}
-for title, res in results.items():
+rows = []
+for (title, s), res in results.items():
     model = load_segmentor(res["run_dir"], device=dev)
-    consistency[title] = evaluate_temporal_consistency(model, pairs, protocol=spec.protocols[0])
-table = pd.DataFrame(
-    {
-        t: {
-            "mIoU": results[t]["mIoU"],
-            "pixel agreement (%)": c["pixel_agreement"],
-            "consecutive mIoU": c["consecutive_mIoU"],
-        }
-        for t, c in consistency.items()
-    }
-).T
+    c = evaluate_temporal_consistency(model, pairs, protocol=spec.protocols[0])
+    rows.append({"model": title, "seed": s, "mIoU": res["mIoU"], "num_pairs": c["num_pairs"],
+                 "pixel agreement (%)": c["pixel_agreement"], "consecutive mIoU": c["consecutive_mIoU"]})
+per_run = pd.DataFrame(rows)
+metrics = ["mIoU", "pixel agreement (%)", "consecutive mIoU"]
+g = per_run.groupby("model", sort=False)[metrics]
+table = g.mean().round(1).astype(str) + " ± " + g.std(ddof=1).fillna(0).round(1).astype(str)
 display(table)
 atomic_write_json(
     Path(out_dir) / "video.json",
-    {"benchmark": benchmark, "table": table.reset_index(names="model").to_dict("records"), "consistency": consistency},
+    {"benchmark": benchmark, "protocol": spec.protocols[0], "seeds": seeds, "runs": rows,
+     "table": g.mean().reset_index().to_dict("records"), "std": g.std(ddof=1).fillna(0).reset_index().to_dict("records")},
 )
 """),
     md("## 4. Predictions on the two frames, and where they change"),
@@ -743,8 +789,9 @@ atomic_write_json(
 from pipa_core.eval.features import predict_labels
 
 pair = torch.stack([item["img"], item["img_ref"]]).to(dev)
-fig, axes = plt.subplots(len(results), 3, figsize=(12, 3 * len(results)), squeeze=False)
-for row, (title, res) in zip(axes, results.items()):
+shown = {t: r for (t, s), r in results.items() if s == seeds[0]}
+fig, axes = plt.subplots(len(shown), 3, figsize=(12, 3 * len(shown)), squeeze=False)
+for row, (title, res) in zip(axes, shown.items()):
     model = load_segmentor(res["run_dir"], device=dev)
     with torch.no_grad():
         key, ref = predict_labels(model, pair).cpu().numpy()

@@ -49,6 +49,7 @@ TINY = [
     "data.synthetic_size=tiny",
     "losses.patch.crop_size=32",
     "model.decoder_channels=16",
+    "model.init_from=null",
     "model.proj_dim=8",
     "optim.max_iters=2",
     "optim.warmup_iters=1",
@@ -164,19 +165,25 @@ def test_ccd_notebook(trained_runs, tmp_path):
 
 
 @pytest.mark.slow
-def test_ablation_notebook_runs_train_notebook_per_setting(data_root, tmp_path):
+def test_ablation_notebook_table_and_reuse_of_finished_runs(data_root, tmp_path):
     run_notebook(
-        "ablation", tmp_path, data_root=str(data_root), settings=["baseline", "+pixel"], seeds=[0],
-        out_dir="abl", overrides=TINY,
+        "ablation", tmp_path, data_root=str(data_root), settings=["self-training", "+pixel"],
+        seeds=[0], out_dir="abl", overrides=TINY, reuse_from=[], jobs=1,
     )  # fmt: skip
     out = json.loads((tmp_path / "abl" / "ablation.json").read_text())
-    assert [r["setting"] for r in out["table"]] == ["baseline", "+pixel"]
+    assert [r["setting"] for r in out["table"]] == ["self-training", "+pixel"]
     assert all(r["runs"] == 1 and r["std"] == 0.0 for r in out["table"])
     assert sorted(r["losses"] for r in out["runs"]) == ["-", "pixel"]
-    # each run was executed through train.ipynb, and its copy is kept next to it
-    executed = sorted((tmp_path / "abl").glob("*/train.ipynb"))
-    assert len(executed) == 2
     assert (tmp_path / "abl" / "ablation.png").stat().st_size > 0
+    assert "| self-training |" in (tmp_path / "abl" / "ablation.md").read_text()
+    # A second ablation into another folder reuses the first one's finished runs.
+    run_notebook(
+        "ablation", tmp_path, data_root=str(data_root), settings=["+pixel"], seeds=[0],
+        out_dir="abl2", overrides=TINY, reuse_from=["abl"], jobs=1,
+    )  # fmt: skip
+    again = json.loads((tmp_path / "abl2" / "ablation.json").read_text())
+    assert again["runs"][0]["run_dir"] == out["runs"][1]["run_dir"]
+    assert not (tmp_path / "abl2" / "pixel").exists()
 
 
 @pytest.mark.slow
@@ -185,20 +192,27 @@ def test_quickstart_command_runs_the_notebook(data_root, tmp_path, monkeypatch):
 
     monkeypatch.chdir(tmp_path)
     # --data-root may name the synthetic cache itself (the command's former meaning)
-    args = ["--data-root", str(data_root / "synthetic"), "--seeds", "0"]
+    args = ["--data-root", str(data_root / "synthetic"), "--seeds", "0", "1", "--jobs", "2"]
     summary = main(args + [a for o in TINY for a in ("--set", o)])
-    assert set(summary["runs"]) == {"source_only", "pipa"}
     rows = {r["method"]: r for r in summary["table"]["rows"]}
-    assert set(rows) == {"source_only", "oracle", "dacs", "pipa"}
-    assert all(r["iterations"] == 2 and len(r["miou"]) == 1 for r in rows.values())
-    # the table reused the two runs the notebook trained first
-    assert rows["pipa"]["miou"][0] == pytest.approx(summary["runs"]["pipa"]["mIoU"])
+    assert list(rows) == ["source_only", "oracle", "dacs", "pipa"]
+    assert all(r["iterations"] == 2 and r["seeds"] == [0, 1] for r in rows.values())
+    assert set(summary["runs"]) == set(rows)
+    assert rows["pipa"]["mean"] == pytest.approx(summary["runs"]["pipa"]["mIoU"])
+    saved = json.loads((tmp_path / "runs" / "quickstart" / "results.json").read_text())
+    assert {r["method"]: r["miou"] for r in saved["rows"]} == {
+        m: r["miou"] for m, r in rows.items()
+    }
+    assert saved["domain_gap"] == pytest.approx(
+        rows["oracle"]["mean"] - rows["source_only"]["mean"]
+    )
     out = tmp_path / "runs" / "quickstart"
     assert (out / "results.md").is_file() and (out / "quickstart.ipynb").is_file()
-    for f in ("dataset_card.png", "quickstart_per_class.png", "quickstart_predictions.png"):
-        assert (tmp_path / "figures" / f).stat().st_size > 0
+    for f in ("dataset_card", "quickstart_curves", "quickstart_per_class", "quickstart_pseudo_labels",
+              "quickstart_predictions"):  # fmt: skip
+        assert (tmp_path / "figures" / f"{f}.png").stat().st_size > 0, f
     executed = nbformat.read(out / "quickstart.ipynb", as_version=4)
-    assert _outputs(executed, "image/png")
+    assert len(_outputs(executed, "image/png")) >= 5
 
 
 @pytest.fixture(scope="module")
@@ -223,6 +237,7 @@ def video_root(tmp_path_factory):
 def test_video_notebook_on_viper_to_cityscapes_seq(video_root, tmp_path):
     small = [
         "model.arch=daformer_mit_b0", "model.decoder_channels=16", "model.proj_dim=8",
+        "model.init_from=null",
         "data.source_scale=32,48", "data.target_scale=32,48", "data.crop_size=32,32",
         "data.batch_size=1", "data.num_workers=0", "data.rcs_min_pixels=10",
         "losses.patch.crop_size=32", "eval.crop_size=null", "eval.stride=null",
@@ -231,14 +246,13 @@ def test_video_notebook_on_viper_to_cityscapes_seq(video_root, tmp_path):
     ]  # fmt: skip
     run_notebook(
         "video", tmp_path, benchmark="viper2csseq", data_root=str(video_root), overrides=small,
-        eval_max_samples=2, max_pairs=1, out_dir="vid",
+        eval_max_samples=2, max_pairs=1, out_dir="vid", seeds=[0], jobs=1,
     )  # fmt: skip
     out = json.loads((tmp_path / "vid" / "video.json").read_text())
     assert [r["model"] for r in out["table"]] == ["PiPa", "PiPa++ (+temporal)"]
-    for c in out["consistency"].values():
-        assert (
-            c["num_pairs"] == 1 and 0 <= c["pixel_agreement"] <= 100 and c["protocol"] == "viper15"
-        )
+    assert out["protocol"] == "viper15" and len(out["runs"]) == 2
+    for c in out["runs"]:
+        assert c["num_pairs"] == 1 and 0 <= c["pixel agreement (%)"] <= 100
     cfg = json.loads((tmp_path / "vid" / "viper2csseq_pipa_pp_s0" / "config.json").read_text())
     assert "temporal" in cfg["losses"]["enabled"]
     for f in ("video_frames.png", "video_predictions.png"):
@@ -250,16 +264,21 @@ def test_video_notebook_on_synthetic_sequences(data_root, tmp_path):
     """The default video benchmark: PiPa vs PiPa++ on the embedded sequences (tiny)."""
     small = [
         "data.synthetic_size=tiny", "model.decoder_channels=16", "model.proj_dim=8",
+        "model.init_from=null",
         "losses.patch.crop_size=32", "optim.max_iters=2", "optim.warmup_iters=1",
         "runtime.num_threads=1", "runtime.tensorboard=false",
     ]  # fmt: skip
     run_notebook(
         "video", tmp_path, data_root=str(data_root), overrides=small, eval_max_samples=2,
-        max_pairs=2, out_dir="vid",
+        max_pairs=2, out_dir="vid", seeds=[0, 1], jobs=2,
     )  # fmt: skip
     out = json.loads((tmp_path / "vid" / "video.json").read_text())
-    assert out["benchmark"] == "synthetic_seq"
-    for c in out["consistency"].values():
-        assert c["num_pairs"] == 2 and 0 <= c["pixel_agreement"] <= 100
+    assert out["benchmark"] == "synthetic_seq" and out["seeds"] == [0, 1]
+    assert sorted((r["model"], r["seed"]) for r in out["runs"]) == [
+        ("PiPa", 0), ("PiPa", 1), ("PiPa++ (+temporal)", 0), ("PiPa++ (+temporal)", 1)
+    ]  # fmt: skip
+    for c in out["runs"]:
+        assert c["num_pairs"] == 2 and 0 <= c["pixel agreement (%)"] <= 100
+    assert all(r["mIoU"] >= 0 for r in out["std"])  # one std per model over the two seeds
     cfg = json.loads((tmp_path / "vid" / "synthetic_seq_pipa_pp_s0" / "config.json").read_text())
     assert "temporal" in cfg["losses"]["enabled"]
