@@ -48,7 +48,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import benchutil as bu  # noqa: E402
 
 from pipa_core.data.base import read_image, read_label, unwrap_sample, wrap_sample  # noqa: E402
-from pipa_core.data.labels import CITYSCAPES_ID_TO_TRAINID  # noqa: E402
+from pipa_core.labels import CITYSCAPES_ID_TO_TRAINID  # noqa: E402
 
 # preset -> GTA5 image (W, H), Cityscapes image (W, H), overrides of the gta2cs_pipa config
 SIZES = {

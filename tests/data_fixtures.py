@@ -15,9 +15,9 @@ import cv2
 import numpy as np
 from PIL import Image
 
-from pipa_core.data.labels import CITYSCAPES_ID_TO_TRAINID, PALETTE, SYNTHIA_ID_TO_TRAINID
 from pipa_core.data.synthia import SYNTHIA_SEQ_ID_TO_TRAINID
 from pipa_core.data.viper import VIPER_ID_TO_TRAINID, VIPER_PALETTE
+from pipa_core.labels import CITYSCAPES_ID_TO_TRAINID, PALETTE, SYNTHIA_ID_TO_TRAINID
 
 H, W = 24, 32
 

@@ -10,9 +10,9 @@ import pytest
 import torch
 from torch import nn
 
-from pipa_core.data.labels import PALETTE
 from pipa_core.eval.ccd import CCDResult, ClassCenterStats
 from pipa_core.eval.tsne import TSNEResult
+from pipa_core.labels import PALETTE
 from pipa_core.viz import (
     SplitBrowser,
     ablation_barplot,

@@ -6,11 +6,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from pipa_core.data.labels import IGNORE_INDEX
+from pipa_core.labels import IGNORE_INDEX
 from pipa_core.models import build_segmentor
 from pipa_core.models.hrda import (
     HRDASegmentor,
-    build_hrda_segmentor,
     crop_to_box,
     fuse_scales,
     sample_detail_box,
@@ -29,13 +28,12 @@ def _one_thread():
 @pytest.fixture(scope="module")
 def seg() -> HRDASegmentor:
     torch.manual_seed(0)
-    m = build_hrda_segmentor(
+    m = build_segmentor(
         "hrda_daformer_mit_b0",
-        detail_size=(32, 32),
         decoder_channels=16,
         proj_heads=("pixel",),
         proj_dim=8,
-        attention_channels=8,
+        hrda={"detail_size": (32, 32), "attention_channels": 8},
     )
     return m
 
@@ -164,8 +162,10 @@ def test_bad_context_and_box_raise_clear_errors(seg):
         HRDASegmentor(base, lr_scale=0.75)
     with pytest.raises(TypeError, match="single-scale"):
         HRDASegmentor(seg)
-    with pytest.raises(ValueError, match="unknown HRDA architecture"):
-        build_hrda_segmentor("hrda_resnet9")
+    with pytest.raises(ValueError, match="unknown architecture 'hrda_resnet9'"):
+        build_segmentor("hrda_resnet9")
+    with pytest.raises(ValueError, match="use 'hrda_daformer_mit_b0'"):
+        build_segmentor("daformer_mit_b0", hrda={"detail_size": (32, 32)})
 
 
 # --------------------------------------------------------------------------- losses
@@ -310,13 +310,12 @@ def test_bf16_autocast_training_and_inference(seg):
 def test_export_and_load_weights_roundtrip(seg, tmp_path):
     seg.export_weights(tmp_path / "hrda.pt")
     torch.manual_seed(123)  # a differently initialised twin
-    twin = build_hrda_segmentor(
+    twin = build_segmentor(
         "hrda_daformer_mit_b0",
-        detail_size=(32, 32),
         decoder_channels=16,
         proj_heads=("pixel",),
         proj_dim=8,
-        attention_channels=8,
+        hrda={"detail_size": (32, 32), "attention_channels": 8},
     )
     report = twin.load_weights(tmp_path / "hrda.pt")
     assert not report.missing and not report.unexpected

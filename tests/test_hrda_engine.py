@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from pipa_core.data.synthetic import ensure_synthetic
+from pipa_core.losses.segmentation import segmentation_ce
 from pipa_core.models import build_segmentor
 from pipa_core.models.hrda import HRDASegmentor
 from pipa_core.uda.config import (
@@ -19,8 +20,6 @@ from pipa_core.uda.config import (
     resolve_benchmark,
     validate_config,
 )
-from pipa_core.uda.hrda import build_student
-from pipa_core.uda.step import for_feat, seg_loss, segmentation_ce, single_scale
 from pipa_core.uda.trainer import Trainer
 
 
@@ -80,20 +79,27 @@ def test_hrda_config_validation_names_the_fix():
         validate_config(cfg)
 
 
-def test_step_hooks_delegate_to_the_model():
+def test_segmentor_hooks_single_scale_defaults_and_hrda_overrides():
     torch.manual_seed(0)
     seg = build_segmentor("daformer_mit_b0", decoder_channels=8, proj_heads=())
     img, label = torch.rand(1, 3, 64, 64), torch.randint(0, 19, (1, 64, 64))
     out = seg(img)
-    assert torch.equal(seg_loss(seg, out, label), segmentation_ce(out["logits"], label))
-    assert for_feat(seg, label, out) is label
-    assert single_scale(seg) == {}
-    hrda = build_student("hrda_daformer_mit_b0", (64, 64), decoder_channels=8, proj_heads=())
-    assert single_scale(hrda) == {"single_scale": True}
+    assert torch.equal(seg.seg_loss(out, label), segmentation_ce(out["logits"], label))
+    assert seg.label_for_feat(label, out) is label
+    assert not seg.multi_resolution
+    # the step asks every model for its single-scale forward: a single-scale model's only one
+    seg.eval()  # (no drop-path randomness between the two calls)
+    with torch.no_grad():
+        assert torch.equal(seg(img, single_scale=True)["logits"], seg(img)["logits"])
+    hrda = build_segmentor(
+        "hrda_daformer_mit_b0", decoder_channels=8, proj_heads=(), hrda={"detail_size": (32, 32)}
+    )
+    assert hrda.multi_resolution
     hrda.train()
     out = hrda(img, detail_box=(0, 32, 32, 64))
-    assert torch.equal(seg_loss(hrda, out, label), hrda.seg_loss(out, label))
-    assert torch.equal(for_feat(hrda, label, out), label[:, 0:32, 32:64])
+    fused_only = segmentation_ce(out["logits"], label)
+    assert not torch.equal(hrda.seg_loss(out, label), fused_only)  # the detail term is in
+    assert torch.equal(hrda.label_for_feat(label, out), label[:, 0:32, 32:64])
 
 
 @pytest.fixture(scope="module")
@@ -144,7 +150,7 @@ def test_synthetic_hrda_trains_through_the_engine(synthetic_root, tmp_path):
     for term in ("ce_src", "ce_mix", "pixel", "patch"):
         assert all(torch.isfinite(torch.tensor(r[term])) for r in train_rows), term
     # The analysis notebooks reload the run as the same multi-resolution model.
-    from pipa_core.eval.runs import load_segmentor
+    from pipa_core.experiments.runs import load_segmentor
 
     loaded = load_segmentor(tmp_path / "run")
     assert isinstance(loaded, HRDASegmentor) and loaded.detail_size == seg.detail_size

@@ -6,12 +6,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from pipa_core.data.labels import IGNORE_INDEX
 from pipa_core.data.synthetic import SyntheticDataset, ensure_synthetic
+from pipa_core.labels import IGNORE_INDEX
 from pipa_core.losses import PatchContrastLoss, PixelContrastLoss, sample_patch_pair
-from pipa_core.models.hrda import HRDASegmentor
+from pipa_core.models import build_from_config
+from pipa_core.models.hrda import HRDASegmentor, detail_size_for
+from pipa_core.uda.config import ModelConfig
 from pipa_core.uda.ema import build_teacher, ema_alpha, ema_update
-from pipa_core.uda.hrda import build_student, detail_size_for, hrda_arch
+from pipa_core.uda.hrda import hrda_arch
 from pipa_core.uda.mixing import mix_batch, strong_augment
 from pipa_core.uda.optim import build_optimizer
 from pipa_core.uda.pseudo_label import make_pseudo_label
@@ -54,10 +56,13 @@ def test_build_student_detail_crop_follows_the_context_crop():
     assert detail_size_for((20, 20), 0.25, 8) == (8, 8)  # never below the alignment
     assert hrda_arch("daformer_mit_b5") == "hrda_daformer_mit_b5"
     assert hrda_arch("hrda_daformer_mit_b5") == "hrda_daformer_mit_b5"
-    seg = build_student("hrda_daformer_mit_b0", (64, 64), decoder_channels=8, proj_heads=())
+    seg = build_from_config(ModelConfig("hrda_daformer_mit_b0", decoder_channels=8), (64, 64))
     assert isinstance(seg, HRDASegmentor) and seg.detail_size == (32, 32) and seg.align == 8
-    plain = build_student("daformer_mit_b0", (64, 64), decoder_channels=8, proj_heads=())
+    assert seg.hr_loss_weight == 0.1 and seg.lr_scale == 0.5
+    plain = build_from_config(ModelConfig("daformer_mit_b0", decoder_channels=8), (64, 64))
     assert not isinstance(plain, HRDASegmentor)
+    heads = build_from_config(ModelConfig("daformer_mit_b0"), (64, 64), ("pixel", "prototype"))
+    assert set(heads.proj_heads) == {"pixel"}  # a head per enabled projection loss
 
 
 def test_few_iterations_of_pipa_on_hrda(upscaled_batches):
@@ -65,12 +70,10 @@ def test_few_iterations_of_pipa_on_hrda(upscaled_batches):
     context, ClassMix, weighted mixed CE, patch contrast, EMA: every piece the engine uses."""
     torch.manual_seed(0)
     g = torch.Generator().manual_seed(0)
-    student = build_student(
-        "hrda_daformer_mit_b0",
+    student = build_from_config(
+        ModelConfig("hrda_daformer_mit_b0", decoder_channels=16, proj_dim=8),
         (64, 64),
-        decoder_channels=16,
-        proj_dim=8,
-        proj_heads=("pixel", "patch"),
+        ("pixel", "patch"),
     )
     teacher = build_teacher(student)
     opt = build_optimizer(student, lr=6e-4, weight_decay=0.01)

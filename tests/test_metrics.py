@@ -7,13 +7,13 @@ import pytest
 import torch
 from PIL import Image
 
-from pipa_core.data.labels import CITYSCAPES_ID_TO_TRAINID, CLASSES, PROTOCOLS, make_lut
 from pipa_core.eval.metrics import (
     SegmentationMetric,
     confusion_matrix,
     iou_from_confusion,
     summarize,
 )
+from pipa_core.labels import CITYSCAPES_ID_TO_TRAINID, CLASSES, PROTOCOLS, make_lut
 
 
 def test_confusion_matrix_hand_computed():

@@ -8,7 +8,6 @@ import numpy as np
 import pytest
 import torch
 
-from pipa_core.data.labels import IGNORE_INDEX, NUM_CLASSES
 from pipa_core.data.synthetic import (
     PRESETS,
     SyntheticDataset,
@@ -21,6 +20,7 @@ from pipa_core.data.synthetic import (
     image_path,
     read_manifest,
 )
+from pipa_core.labels import IGNORE_INDEX, NUM_CLASSES
 from pipa_core.viz.dataset_card import make_dataset_card
 
 H, W = 48, 96  # small but Cityscapes-shaped: enough pixels for thin classes to show up

@@ -12,7 +12,7 @@ import pytest
 import torch
 from torch import nn
 
-from pipa_core.data.labels import IGNORE_INDEX, THING_CLASSES
+from pipa_core.labels import IGNORE_INDEX, THING_CLASSES
 from pipa_core.uda.checkpoint import (
     capture_rng_state,
     load_checkpoint,

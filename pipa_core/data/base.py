@@ -28,7 +28,7 @@ import torch
 from torch.utils.data import Dataset
 from torchvision import tv_tensors
 
-from pipa_core.data.labels import IGNORE_INDEX
+from pipa_core.labels import IGNORE_INDEX
 
 #: Suffix of converted label files written by ``python -m pipa_core.data.prepare``.
 TRAIN_ID_SUFFIX = "_labelTrainIds.png"

@@ -30,16 +30,16 @@ from PIL import Image
 from tqdm import tqdm
 
 from pipa_core.data.base import STATS_FILE, TRAIN_ID_SUFFIX, DatasetError, prepare_command
-from pipa_core.data.labels import (
+from pipa_core.data.synthia import SYNTHIA_SEQ_ID_TO_TRAINID
+from pipa_core.data.viper import VIPER_ID_TO_TRAINID, VIPER_PALETTE
+from pipa_core.io import atomic_open, atomic_write_json
+from pipa_core.labels import (
     CITYSCAPES_ID_TO_TRAINID,
     IGNORE_INDEX,
     NUM_CLASSES,
     SYNTHIA_ID_TO_TRAINID,
     make_lut,
 )
-from pipa_core.data.synthia import SYNTHIA_SEQ_ID_TO_TRAINID
-from pipa_core.data.viper import VIPER_ID_TO_TRAINID, VIPER_PALETTE
-from pipa_core.io import atomic_open, atomic_write_json
 
 
 # ----------------------------------------------------------------------------- label readers

@@ -27,7 +27,7 @@ from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as F
 
 from pipa_core.data.base import unwrap_sample, wrap_sample
-from pipa_core.data.labels import IGNORE_INDEX
+from pipa_core.labels import IGNORE_INDEX
 
 IMAGE_KEYS = ("img", "img_ref")
 IMAGENET_MEAN = (0.485, 0.456, 0.406)

@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from pipa_core.data.labels import CLASSES, IGNORE_INDEX, NUM_CLASSES, check_protocol
+from pipa_core.labels import CLASSES, IGNORE_INDEX, NUM_CLASSES, check_protocol
 
 PROJECTION_HEADS = ("pixel", "patch", "temporal")
 

@@ -25,9 +25,9 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
-from pipa_core.data.labels import IGNORE_INDEX, NUM_CLASSES
 from pipa_core.eval.features import _loader_length, _model_device, as_loader, predict_labels
 from pipa_core.eval.metrics import confusion_matrix, summarize
+from pipa_core.labels import IGNORE_INDEX, NUM_CLASSES
 
 
 class TemporalConsistency:

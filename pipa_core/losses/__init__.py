@@ -1,4 +1,4 @@
-"""PiPa / PiPa++ / SPCL contrastive losses over one chunked InfoNCE core.
+"""The segmentation CE and the PiPa / PiPa++ / SPCL contrastive losses (one chunked InfoNCE core).
 
 See ``docs/losses.md`` for the formulas, defaults and their sources.
 """
@@ -17,6 +17,7 @@ from pipa_core.losses.prototype import (
     classwise_thresholds,
     pseudo_labels_with_thresholds,
 )
+from pipa_core.losses.segmentation import segmentation_ce
 from pipa_core.losses.temporal import TemporalContrastLoss
 
 __all__ = [
@@ -33,5 +34,6 @@ __all__ = [
     "pseudo_labels_with_thresholds",
     "sample_anchors",
     "sample_patch_pair",
+    "segmentation_ce",
     "zero_loss",
 ]

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pipa_core.data.labels import IGNORE_INDEX
+from pipa_core.labels import IGNORE_INDEX
 from pipa_core.losses.infonce import info_nce, zero_loss
 from pipa_core.losses.memory_bank import ClassMemoryBank
 

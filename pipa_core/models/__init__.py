@@ -1,7 +1,7 @@
 """Models: MiT encoders, DAFormer / SegFormer / DeepLab-v2 heads, the segmentor, inference
 and pretrained-weight loading. Start with :func:`build_segmentor`."""
 
-from pipa_core.models.builder import ARCHS, build_segmentor
+from pipa_core.models.builder import ARCHS, build_from_config, build_segmentor
 from pipa_core.models.decoders import DAFormerHead, SegFormerHead
 from pipa_core.models.deeplabv2 import ASPPClassifier, ResNetEncoder
 from pipa_core.models.inference import predict
@@ -28,6 +28,7 @@ from pipa_core.models.segmentor import IMAGENET_MEAN, IMAGENET_STD, Segmentor
 __all__ = [
     "ARCHS",
     "ASPPClassifier",
+    "build_from_config",
     "DAFormerHead",
     "IMAGENET_MEAN",
     "IMAGENET_STD",

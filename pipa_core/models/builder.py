@@ -2,29 +2,52 @@
 
 Names: ``daformer_mit_b0`` ... ``daformer_mit_b5`` (DAFormer head on MiT),
 ``segformer_mit_b0`` ... ``segformer_mit_b5`` (SegFormer all-MLP head) and
-``deeplabv2_r50`` / ``deeplabv2_r101`` (dilated ResNet + ASPP classifier).
+``deeplabv2_r50`` / ``deeplabv2_r101`` (dilated ResNet + ASPP classifier), and
+``hrda_<any of these>`` (HRDA's multi-resolution segmentor around it).
+:func:`build_from_config` builds the segmentor a run's ``model`` config describes;
+the trainer, the run loaders and the benchmarks all build through it.
 """
 
 from __future__ import annotations
 
 import os
-from typing import Optional, Sequence, Union
+from typing import Any, Mapping, Optional, Sequence, Union
 
 from torch import nn
 
 from pipa_core.models import mit
 from pipa_core.models.decoders import DAFormerHead, SegFormerHead
 from pipa_core.models.deeplabv2 import ASPPClassifier, ResNetEncoder
+from pipa_core.models.hrda import (
+    HRDA_PREFIX,
+    LR_SCALE,
+    HRDASegmentor,
+    detail_size_for,
+    is_hrda_arch,
+)
 from pipa_core.models.pretrained import load_pretrained
-from pipa_core.models.projection import ProjectionHead
+from pipa_core.models.projection import PROJ_HEAD_NAMES, ProjectionHead
 from pipa_core.models.segmentor import Segmentor
 
-__all__ = ["ARCHS", "build_segmentor"]
+__all__ = ["ARCHS", "build_from_config", "build_segmentor", "output_stride_of"]
 
 _MIT = [f"mit_b{i}" for i in range(6)]
 _RESNETS = {"deeplabv2_r50": "resnet50", "deeplabv2_r101": "resnet101"}
 #: Every architecture name ``build_segmentor`` accepts.
 ARCHS = tuple([f"daformer_{m}" for m in _MIT] + [f"segformer_{m}" for m in _MIT] + list(_RESNETS))
+
+
+def output_stride_of(arch: str) -> int:
+    """Stride of the logits / features of ``arch`` (a base or ``hrda_`` name) w.r.t. the input."""
+    base = arch[len(HRDA_PREFIX) :] if is_hrda_arch(arch) else arch
+    _check_arch(base, arch)
+    return 8 if base in _RESNETS else 4  # dilated ResNet at 1/8; MiT's first stage at 1/4
+
+
+def _check_arch(base: str, arch: str) -> None:
+    if base not in ARCHS:
+        valid = ARCHS + tuple(HRDA_PREFIX + a for a in ARCHS)
+        raise ValueError(f"unknown architecture {arch!r}; valid names: {', '.join(valid)}")
 
 
 def _segformer_channels(mit_name: str) -> int:
@@ -43,11 +66,13 @@ def build_segmentor(
     drop_path_rate: float = 0.1,
     grad_checkpointing: bool = False,
     channels_last: bool = False,
+    hrda: Optional[Mapping[str, Any]] = None,
 ) -> Segmentor:
     """Build a segmentor by name.
 
     Args:
-        arch: one of :data:`ARCHS`.
+        arch: one of :data:`ARCHS`, or ``hrda_<one of ARCHS>`` for an
+            :class:`~pipa_core.models.hrda.HRDASegmentor` around that base model.
         num_classes: classifier outputs (19 for Cityscapes train IDs).
         pretrained: ``None`` (random init), ``"imagenet"`` (download from the hub),
             or a path to encoder weights (official ``mit_b*.pth``, Hugging Face
@@ -62,12 +87,24 @@ def build_segmentor(
         drop_path_rate: stochastic depth of MiT encoders (0.1 in SegFormer/DAFormer).
         grad_checkpointing: recompute encoder blocks in backward (less memory).
         channels_last: NHWC memory format (faster convolutions on recent GPUs).
+        hrda: ``HRDASegmentor`` keyword arguments (``detail_size``, ``hr_loss_weight``,
+            ``attention_channels`` ...) for ``hrda_*`` names; HRDA's defaults if omitted.
 
     Raises:
-        ValueError: unknown ``arch`` (the message lists the valid names).
+        ValueError: unknown ``arch`` (the message lists the valid names), or ``hrda``
+            options for a single-scale name.
     """
-    if arch not in ARCHS:
-        raise ValueError(f"unknown architecture {arch!r}; valid names: {', '.join(ARCHS)}")
+    if is_hrda_arch(arch):
+        base_arch = arch[len(HRDA_PREFIX) :]
+        _check_arch(base_arch, arch)
+        base = build_segmentor(
+            base_arch, num_classes, pretrained, proj_heads, proj_dim, proj_hidden,
+            decoder_channels, drop_path_rate, grad_checkpointing, channels_last,
+        )  # fmt: skip
+        return HRDASegmentor(base, **dict(hrda or {}))
+    _check_arch(arch, arch)
+    if hrda:
+        raise ValueError(f"hrda options {sorted(hrda)} given for {arch!r}; use 'hrda_{arch}'")
     if num_classes < 1:
         raise ValueError(f"num_classes must be >= 1, got {num_classes}")
     if isinstance(proj_heads, str):  # a single name, not its characters
@@ -98,3 +135,44 @@ def build_segmentor(
     if grad_checkpointing:
         seg.set_grad_checkpointing(True)
     return seg
+
+
+def build_from_config(
+    model: Any,
+    crop_size: Sequence[int],
+    enabled_losses: Sequence[str] = (),
+    num_classes: int = 19,
+    pretrained: bool = True,
+    channels_last: bool = False,
+) -> Segmentor:
+    """The segmentor a run's ``model`` config section describes.
+
+    Args:
+        model: a ``ModelConfig`` (any object with ``arch``, ``pretrained``,
+            ``decoder_channels``, ``proj_dim``, ``hrda_detail_ratio`` and
+            ``hrda_hr_loss_weight``).
+        crop_size: the run's resolved training crop ``(H, W)``; an HRDA detail crop is
+            ``model.hrda_detail_ratio`` of it, aligned to the LR grid.
+        enabled_losses: the run's enabled losses; each of ``pixel`` / ``patch`` /
+            ``temporal`` gets its projection head.
+        pretrained: load ``model.pretrained`` (the trainer); ``False`` builds the same
+            shapes freshly initialised, for loading a trained run's weights.
+        channels_last: NHWC memory format.
+    """
+    kwargs: dict[str, Any] = {
+        "proj_heads": tuple(n for n in PROJ_HEAD_NAMES if n in enabled_losses),
+        "pretrained": model.pretrained if pretrained else None,
+        "channels_last": channels_last,
+    }
+    if model.proj_dim is not None:
+        kwargs["proj_dim"] = model.proj_dim
+    if model.decoder_channels is not None:
+        kwargs["decoder_channels"] = model.decoder_channels
+    if is_hrda_arch(model.arch):
+        align = round(output_stride_of(model.arch) / LR_SCALE)
+        kwargs["hrda"] = {
+            "detail_size": detail_size_for(crop_size, model.hrda_detail_ratio, align),
+            "lr_scale": LR_SCALE,
+            "hr_loss_weight": model.hrda_hr_loss_weight,
+        }
+    return build_segmentor(model.arch, num_classes=num_classes, **kwargs)

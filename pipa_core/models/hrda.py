@@ -40,6 +40,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from pipa_core.losses.segmentation import segmentation_ce
 from pipa_core.models.decoders import SegFormerHead
 from pipa_core.models.deeplabv2 import ASPPClassifier
 from pipa_core.models.inference import slide_windows
@@ -48,8 +49,9 @@ from pipa_core.models.segmentor import Segmentor
 __all__ = [
     "HRDA_PREFIX",
     "HRDASegmentor",
-    "build_hrda_segmentor",
+    "LR_SCALE",
     "crop_to_box",
+    "detail_size_for",
     "fuse_scales",
     "is_hrda_arch",
     "sample_detail_box",
@@ -57,6 +59,17 @@ __all__ = [
 
 #: Architecture names ``hrda_<arch>`` select an HRDA segmentor around ``<arch>``.
 HRDA_PREFIX = "hrda_"
+#: Scale of the low-resolution context view (HRDA: 0.5).
+LR_SCALE = 0.5
+
+
+def detail_size_for(crop_size: Sequence[int], ratio: float = 0.5, align: int = 8) -> tuple:
+    """HRDA detail crop for a context ``crop_size`` ``(H, W)``: ``ratio`` of each side,
+    rounded down to a multiple of ``align`` (``output_stride / lr_scale``), at least ``align``."""
+    if not 0 < ratio <= 1:
+        raise ValueError(f"HRDA detail ratio must lie in (0, 1], got {ratio}")
+    return tuple(max(align, int(s * ratio) // align * align) for s in crop_size)
+
 
 Box = Tuple[int, int, int, int]  # (y1, y2, x1, x2), end-exclusive, input pixels
 
@@ -480,7 +493,7 @@ class HRDASegmentor(Segmentor):
 
         ``(1 − λ_d − λ_l)·CE(fused, label) + λ_d·CE(HR, label cropped to the detail box)
         + λ_l·CE(LR, label)``, each term the engine's
-        :func:`~pipa_core.uda.step.segmentation_ce` (logits upsampled to the label,
+        :func:`~pipa_core.losses.segmentation.segmentation_ce` (logits upsampled to the label,
         mean over labelled pixels, optional ``(B, H, W)`` weight map cropped like the
         label). Outputs without a detail box (eval mode) give the plain CE of ``logits``.
 
@@ -489,8 +502,6 @@ class HRDASegmentor(Segmentor):
             label: ``(B, H, W)`` int64 label of the context crop (ignore 255).
             weight: optional ``(B, H, W)`` pixel weights (pseudo-label confidence).
         """
-        from pipa_core.uda.step import segmentation_ce  # the engine's CE, imported lazily
-
         hrda = out.get("hrda")
         if hrda is None or hrda["crop_box"] is None:
             return segmentation_ce(out["logits"], label, weight)
@@ -521,37 +532,3 @@ class HRDASegmentor(Segmentor):
 def is_hrda_arch(arch: str) -> bool:
     """Whether ``arch`` names an HRDA segmentor (``hrda_<base arch>``)."""
     return arch.startswith(HRDA_PREFIX)
-
-
-def build_hrda_segmentor(
-    arch: str,
-    detail_size: Sequence[int] = (512, 512),
-    lr_scale: float = 0.5,
-    hr_loss_weight: float = 0.1,
-    lr_loss_weight: float = 0.0,
-    attention_channels: Optional[int] = None,
-    attention_classwise: bool = True,
-    **base_kwargs: Any,
-) -> HRDASegmentor:
-    """``build_segmentor(base_arch, **base_kwargs)`` wrapped in an :class:`HRDASegmentor`.
-
-    ``arch`` is ``hrda_<base>`` or a plain base name (e.g. ``daformer_mit_b5``); the
-    base keyword arguments (``pretrained``, ``proj_heads``, ``decoder_channels``,
-    ``grad_checkpointing`` ...) are those of :func:`~pipa_core.models.build_segmentor`.
-    """
-    from pipa_core.models.builder import ARCHS, build_segmentor
-
-    base_arch = arch[len(HRDA_PREFIX) :] if is_hrda_arch(arch) else arch
-    if base_arch not in ARCHS:
-        valid = ", ".join(HRDA_PREFIX + a for a in ARCHS)
-        raise ValueError(f"unknown HRDA architecture {arch!r}; valid names: {valid}")
-    base = build_segmentor(base_arch, **base_kwargs)
-    return HRDASegmentor(
-        base,
-        detail_size=detail_size,
-        lr_scale=lr_scale,
-        hr_loss_weight=hr_loss_weight,
-        lr_loss_weight=lr_loss_weight,
-        attention_channels=attention_channels,
-        attention_classwise=attention_classwise,
-    )

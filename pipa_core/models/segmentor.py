@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from pipa_core.io import atomic_torch_save
+from pipa_core.losses.segmentation import segmentation_ce
 from pipa_core.models.projection import PROJ_HEAD_NAMES
 
 __all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "Segmentor"]
@@ -95,11 +96,31 @@ class Segmentor(nn.Module):
         """``(logits (B, K, H/s, W/s), feat (B, D, H/s, W/s))`` from encoder maps."""
         return self.decoder(enc)
 
-    def forward(self, img: torch.Tensor) -> Dict[str, object]:
-        """See the class docstring."""
+    #: Multi-resolution segmentors (HRDA) set this; their ``forward`` then differs from
+    #: the single-scale path that ``single_scale=True`` selects.
+    multi_resolution = False
+
+    def forward(self, img: torch.Tensor, single_scale: bool = False) -> Dict[str, object]:
+        """See the class docstring. ``single_scale`` is accepted for the training step's
+        sake (patch / temporal crops ask every model for its single-scale forward, which
+        for a single-scale model is its only one)."""
         enc = self.encode(img)
         logits, feat = self.decode(enc)
         return {"logits": logits, "feat": feat, "enc": enc}
+
+    # ---- the three hooks the training step uses, overridden by HRDASegmentor
+    def seg_loss(
+        self, out: Dict[str, object], label: torch.Tensor, weight: Optional[torch.Tensor] = None
+    ) -> torch.Tensor:
+        """The supervised loss of this model's ``forward`` output: the
+        :func:`~pipa_core.losses.segmentation.segmentation_ce` of ``out["logits"]``
+        against a ``(B, H, W)`` label, with optional ``(B, H, W)`` pixel weights."""
+        return segmentation_ce(out["logits"], label, weight)
+
+    def label_for_feat(self, label: torch.Tensor, out: Dict[str, object]) -> torch.Tensor:
+        """A per-pixel map ``(B, H, W)`` cropped to the region ``out["feat"]`` covers:
+        the whole input for a single-scale model, so ``label`` itself."""
+        return label
 
     def project(self, name: str, feat: torch.Tensor) -> torch.Tensor:
         """Apply projection head ``name``: ``(B, D, h, w) -> (B, E, h, w)`` (not normalised)."""

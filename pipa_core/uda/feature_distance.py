@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pipa_core.data.labels import IGNORE_INDEX, NUM_CLASSES, THING_CLASSES
+from pipa_core.labels import IGNORE_INDEX, NUM_CLASSES, THING_CLASSES
 
 
 def downscale_label_ratio(

@@ -1,4 +1,4 @@
-"""HRDA in the self-training engine: the training recipe, its schedule and the student builder.
+"""HRDA in the self-training engine: the training recipe and its schedule.
 
 The model side (:class:`pipa_core.models.hrda.HRDASegmentor`) keeps the engine
 generic: in training mode its forward returns the fused logits over the
@@ -8,7 +8,8 @@ same forward is HRDA's inference over the whole context crop (LR context +
 overlapping HR windows, fused), so pseudo-labels come from the teacher's full
 context as in HRDA. The step only asks the model for its loss
 (``seg_loss``), the label region of ``feat`` (``label_for_feat``) and a
-single-scale forward for the patch / temporal crops.
+single-scale forward for the patch / temporal crops. The student is built by
+:func:`pipa_core.models.build_from_config` like every other model.
 
 Facts from HRDA (Hoyer et al., 2022, configs ``gtaHR2csHR_hrda.py``) and PiPa's
 HRDA configs (``configs/pipa/*HR2csHR_hrda.py``):
@@ -26,21 +27,16 @@ HRDA configs (``configs/pipa/*HR2csHR_hrda.py``):
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any
 
-from torch import nn
-
-from pipa_core.models.hrda import HRDA_PREFIX, HRDASegmentor, is_hrda_arch
+from pipa_core.models.hrda import HRDA_PREFIX, is_hrda_arch
 
 __all__ = [
     "HRDA_CONTEXT_CROP",
     "HRDA_ITERS",
     "HRDA_PATCH_CROP",
     "HRDA_RCS_MIN_CROP_RATIO",
-    "LR_SCALE",
     "apply_hrda_schedule",
-    "build_student",
-    "detail_size_for",
     "hrda_arch",
 ]
 
@@ -50,8 +46,6 @@ HRDA_CONTEXT_CROP = (1024, 1024)
 HRDA_ITERS = 60000
 #: PiPa's patch-contrast crop side.
 HRDA_PATCH_CROP = 720
-#: Scale of the low-resolution context view.
-LR_SCALE = 0.5
 #: HRDA's RCS crop acceptance (relative to ``min_pixels``; DAFormer's 0.5 at half resolution).
 HRDA_RCS_MIN_CROP_RATIO = 2.0
 
@@ -59,14 +53,6 @@ HRDA_RCS_MIN_CROP_RATIO = 2.0
 def hrda_arch(arch: str) -> str:
     """``arch`` with the ``hrda_`` prefix (unchanged if it already has it)."""
     return arch if is_hrda_arch(arch) else HRDA_PREFIX + arch
-
-
-def detail_size_for(crop_size: Sequence[int], ratio: float = 0.5, align: int = 8) -> tuple:
-    """HRDA detail crop for a context ``crop_size`` ``(H, W)``: ``ratio`` of each side,
-    rounded down to a multiple of ``align`` (``output_stride / lr_scale``), at least ``align``."""
-    if not 0 < ratio <= 1:
-        raise ValueError(f"HRDA detail ratio must lie in (0, 1], got {ratio}")
-    return tuple(max(align, int(s * ratio) // align * align) for s in crop_size)
 
 
 def apply_hrda_schedule(c: Any, spec: Any) -> None:
@@ -89,29 +75,3 @@ def apply_hrda_schedule(c: Any, spec: Any) -> None:
     c.eval.crop_size = c.data.crop_size
     c.eval.stride = tuple(s // 2 for s in c.data.crop_size)
     c.losses.patch.crop_size = HRDA_PATCH_CROP
-
-
-def build_student(
-    arch: str,
-    crop_size: Sequence[int],
-    detail_ratio: float = 0.5,
-    hr_loss_weight: float = 0.1,
-    **kwargs: Any,
-) -> nn.Module:
-    """The student for ``arch``: an HRDA segmentor for ``hrda_*`` names, else ``build_segmentor``.
-
-    Args:
-        arch: architecture name (``pipa_core.models.ARCHS``, optionally ``hrda_``-prefixed).
-        crop_size: training (context) crop ``(H, W)``; the detail crop is ``detail_ratio`` of it.
-        detail_ratio: detail crop side / context crop side (HRDA: 512 / 1024).
-        hr_loss_weight: HRDA's detail loss weight λ_d (0.1).
-        kwargs: :func:`~pipa_core.models.build_segmentor` arguments.
-    """
-    from pipa_core.models import build_segmentor
-
-    if not is_hrda_arch(arch):
-        return build_segmentor(arch, **kwargs)
-    base = build_segmentor(arch[len(HRDA_PREFIX) :], **kwargs)
-    align = round(base.output_stride / LR_SCALE)
-    detail = detail_size_for(crop_size, detail_ratio, align)
-    return HRDASegmentor(base, detail, LR_SCALE, hr_loss_weight=hr_loss_weight)

@@ -18,7 +18,7 @@ import math
 import torch
 import torchvision.transforms.v2.functional as TF
 
-from pipa_core.data.labels import IGNORE_INDEX
+from pipa_core.labels import IGNORE_INDEX
 
 
 def class_mix_mask(label: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import torch
 
-from pipa_core.data.labels import IGNORE_INDEX
+from pipa_core.labels import IGNORE_INDEX
 
 
 @dataclass

@@ -21,8 +21,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from pipa_core.data.labels import colorize
 from pipa_core.io import atomic_write_text
+from pipa_core.labels import colorize
 
 
 class RunLogger:
@@ -73,7 +73,7 @@ class RunLogger:
         """Save a PNG grid: one row per image, one column per panel.
 
         ``panels`` maps a title to ``(B, 3, H, W)`` images in [0, 1] or ``(B, H, W)``
-        train-ID labels (colourised with :func:`pipa_core.data.labels.colorize`).
+        train-ID labels (colourised with :func:`pipa_core.labels.colorize`).
         Panels of different sizes are resized (nearest) to the first one.
         """
         if not self.enabled or not panels:

@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from pipa_core.data.base import HIDDEN_LABEL
-from pipa_core.data.labels import IGNORE_INDEX
+from pipa_core.labels import IGNORE_INDEX
 from pipa_core.uda.config import TrainConfig
 from pipa_core.uda.distributed import unwrap
 from pipa_core.uda.feature_distance import FeatureDistance
@@ -92,44 +92,6 @@ class StepOutput:
     vis: dict[str, torch.Tensor]
 
 
-def segmentation_ce(
-    logits: torch.Tensor, label: torch.Tensor, weight: Optional[torch.Tensor] = None
-) -> torch.Tensor:
-    """Cross-entropy of ``(B, C, h, w)`` logits against a ``(B, H, W)`` label (ignore 255).
-
-    Logits are upsampled bilinearly to the label size (DAFormer). Without
-    ``weight`` the mean runs over labelled pixels; with a ``(B, H, W)`` weight map
-    it is ``Σ w·ce / #labelled`` (the pseudo-label weight scales the loss).
-    """
-    if logits.shape[-2:] != label.shape[-2:]:
-        logits = F.interpolate(logits, size=label.shape[-2:], mode="bilinear", align_corners=False)
-    ce = F.cross_entropy(logits.float(), label, ignore_index=IGNORE_INDEX, reduction="none")
-    valid = (label != IGNORE_INDEX).sum().clamp(min=1)
-    if weight is not None:
-        ce = ce * weight
-    return ce.sum() / valid
-
-
-def seg_loss(seg: nn.Module, out: dict, label: torch.Tensor, weight: Optional[torch.Tensor] = None):
-    """The model's own segmentation loss if it has one (HRDA: fused + detail CE), else
-    :func:`segmentation_ce` of ``out["logits"]``."""
-    if hasattr(seg, "seg_loss"):
-        return seg.seg_loss(out, label, weight)
-    return segmentation_ce(out["logits"], label, weight)
-
-
-def for_feat(seg: nn.Module, x: torch.Tensor, out: dict) -> torch.Tensor:
-    """A per-pixel map ``(B, H, W)`` cropped to the region ``out["feat"]`` covers
-    (HRDA: the detail crop; single-scale models: unchanged)."""
-    return seg.label_for_feat(x, out) if hasattr(seg, "label_for_feat") else x
-
-
-def single_scale(seg: nn.Module) -> dict:
-    """Forward keyword arguments for crops whose features must cover the whole input
-    (patch / temporal contrast): the single-scale path of multi-resolution models."""
-    return {"single_scale": True} if getattr(seg, "multi_resolution", False) else {}
-
-
 def _to(batch: dict, device: torch.device) -> dict:
     return {
         k: (v.to(device, non_blocking=True) if torch.is_tensor(v) else v) for k, v in batch.items()
@@ -142,7 +104,7 @@ def supervised_step(batch: dict, nets: Networks, cfg: TrainConfig, ctx: StepCont
     src = _to(batch["source"], device)
     with ctx.autocast():
         out = nets.student(src["img"])
-    terms = {"ce_src": seg_loss(nets.segmentor, out, src["label"])}
+    terms = {"ce_src": nets.segmentor.seg_loss(out, src["label"])}
     if nets.feature_distance is not None:
         terms["fd"] = nets.feature_distance(src["img"], out["enc"], src["label"])[0]
     loss = sum(terms.values())
@@ -169,7 +131,7 @@ def self_training_step(
     # 1. Source: supervised cross-entropy (+ ImageNet feature distance).
     with ctx.autocast():
         out_s = nets.student(src["img"])
-    terms["ce_src"] = seg_loss(seg, out_s, src["label"])
+    terms["ce_src"] = seg.seg_loss(out_s, src["label"])
     if nets.feature_distance is not None:
         terms["fd"] = nets.feature_distance(src["img"], out_s["enc"], src["label"])[0]
 
@@ -198,18 +160,18 @@ def self_training_step(
     logs["mix_fraction"] = float(paste.float().mean())
     with ctx.autocast():
         out_m = nets.student(mixed_img)
-    terms["ce_mix"] = seg_loss(seg, out_m, mixed_label, mixed_weight)
+    terms["ce_mix"] = seg.seg_loss(out_m, mixed_label, mixed_weight)
 
     # 4a. Pixel contrast: source labels (+ confident pixels of the mixed image).
     if "pixel" in nets.losses:
         feats = [out_s["feat"]]
-        labels = [for_feat(seg, src["label"], out_s)]
-        preds = [for_feat(seg, out_s["logits"].argmax(1), out_s)]
+        labels = [seg.label_for_feat(src["label"], out_s)]
+        preds = [seg.label_for_feat(out_s["logits"].argmax(1), out_s)]
         if lc.pixel.use_target:
             confident = torch.where(pl.confidence >= u.pseudo_threshold, pl.label, IGNORE_INDEX)
             feats.append(out_m["feat"])
-            labels.append(for_feat(seg, mix(paste, src["label"], confident), out_m))
-            preds.append(for_feat(seg, out_m["logits"].argmax(1), out_m))
+            labels.append(seg.label_for_feat(mix(paste, src["label"], confident), out_m))
+            preds.append(seg.label_for_feat(out_m["logits"].argmax(1), out_m))
         with ctx.autocast():
             emb = seg.project("pixel", torch.cat(feats))
         terms["pixel"] = lc.pixel.weight * nets.losses["pixel"](
@@ -225,7 +187,7 @@ def self_training_step(
             generator=g, align=seg.output_stride,
         )  # fmt: skip
         with ctx.autocast():
-            feat = nets.student(torch.cat([pair.crop1, pair.crop2]), **single_scale(seg))["feat"]
+            feat = nets.student(torch.cat([pair.crop1, pair.crop2]), single_scale=True)["feat"]
             emb1, emb2 = seg.project("patch", feat).float().chunk(2)
         terms["patch"] = lc.patch.weight * nets.losses["patch"](
             emb1, emb2, pair, seg.output_stride, generator=g
@@ -239,9 +201,7 @@ def self_training_step(
                 "drop 'temporal' from losses.enabled for image benchmarks"
             )
         with ctx.autocast():
-            feat = nets.student(torch.cat([tgt["img"], tgt["img_ref"]]), **single_scale(seg))[
-                "feat"
-            ]
+            feat = nets.student(torch.cat([tgt["img"], tgt["img_ref"]]), single_scale=True)["feat"]
             emb_k, emb_r = seg.project("temporal", feat).float().chunk(2)
         terms["temporal"] = lc.temporal.weight * nets.losses["temporal"](emb_k, emb_r, generator=g)
 
@@ -250,12 +210,12 @@ def self_training_step(
         from pipa_core.losses import pseudo_labels_with_thresholds
 
         proto = nets.losses["prototype"]
-        src_label = for_feat(seg, src["label"], out_s)
+        src_label = seg.label_for_feat(src["label"], out_s)
         l_proto = proto(out_s["feat"].float(), src_label, update=True, generator=g)
         if lc.prototype.use_target:
             # SPCL: class-wise thresholds min(0.9, median confidence) on the teacher's softmax
             thresholded = pseudo_labels_with_thresholds(torch.softmax(t_logits, 1))
-            tgt_label = for_feat(seg, mix(paste, src["label"], thresholded), out_m)
+            tgt_label = seg.label_for_feat(mix(paste, src["label"], thresholded), out_m)
             l_proto = l_proto + proto(out_m["feat"].float(), tgt_label, update=False, generator=g)
         terms["prototype"] = lc.prototype.weight * l_proto
 

@@ -13,8 +13,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from pipa_core.data.labels import CLASSES, IGNORE_INDEX
 from pipa_core.eval.features import _model_device, predict_labels
+from pipa_core.labels import CLASSES, IGNORE_INDEX
 from pipa_core.viz.masks import colorize, error_map, to_numpy_label, to_uint8_image
 
 

@@ -13,9 +13,9 @@ import seaborn as sns
 # backend, so importing this module never stops notebooks from showing figures.
 from matplotlib.figure import Figure
 
-from pipa_core.data.labels import CLASSES, PALETTE, colorize
 from pipa_core.data.synthetic.cache import image_path, read_manifest
 from pipa_core.data.synthetic.dataset import read_image, read_label
+from pipa_core.labels import CLASSES, PALETTE, colorize
 
 
 def class_frequency_table(root: str | os.PathLike) -> pd.DataFrame:

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
-from pipa_core.data.labels import CLASSES, PALETTE
 from pipa_core.io import atomic_open
+from pipa_core.labels import CLASSES, PALETTE
 from pipa_core.viz.masks import colorize, error_map, to_numpy_label, to_uint8_image
 
 _FORMATS = {".png", ".pdf", ".svg", ".jpg", ".jpeg", ".eps"}

@@ -1,6 +1,6 @@
 """Colourised label maps, overlays and error maps as ``(H, W, 3)`` uint8 arrays.
 
-Colours follow the official Cityscapes palette (``pipa_core.data.labels.PALETTE``);
+Colours follow the official Cityscapes palette (``pipa_core.labels.PALETTE``);
 ignore pixels are black.
 """
 
@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from pipa_core.data.labels import IGNORE_INDEX, colorize
+from pipa_core.labels import IGNORE_INDEX, colorize
 
 __all__ = ["colorize", "error_map", "overlay", "to_numpy_label", "to_uint8_image"]
 

@@ -14,9 +14,9 @@ from collections.abc import Mapping
 import numpy as np
 import torch
 
-from pipa_core.data.labels import CLASSES, check_protocol
 from pipa_core.eval.ccd import CCDResult
 from pipa_core.eval.tsne import TSNEResult
+from pipa_core.labels import CLASSES, check_protocol
 from pipa_core.viz.figures import class_color, class_legend_handles
 
 #: Marker per domain index in t-SNE plots (source, target, ...).

@@ -28,7 +28,6 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from pipa_core.data.labels import CLASSES, NUM_CLASSES
 from pipa_core.data.synthetic.generate import (
     DOMAINS,
     check_domain,
@@ -37,6 +36,7 @@ from pipa_core.data.synthetic.generate import (
     generate_sequence,
 )
 from pipa_core.io import atomic_write_json
+from pipa_core.labels import CLASSES, NUM_CLASSES
 
 #: Bump whenever the generator's output changes; stale caches are regenerated.
 #: 3: the target palette is the source palette muted; sample_class_stats.json (RCS).

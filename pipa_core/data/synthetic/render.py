@@ -19,7 +19,6 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from pipa_core.data.labels import IGNORE_INDEX
 from pipa_core.data.synthetic.scene import (
     BICYCLE,
     BUILDING,
@@ -44,6 +43,7 @@ from pipa_core.data.synthetic.scene import (
     WALL,
     World,
 )
+from pipa_core.labels import IGNORE_INDEX
 
 # Surface codes: which per-pixel coordinates texture a pixel.
 S_IMAGE, S_GROUND, S_FACADE_L, S_FACADE_R = 0, 1, 2, 3
