@@ -32,7 +32,6 @@ Peak memory:
 from __future__ import annotations
 
 import argparse
-import functools
 import os
 import platform
 import statistics
@@ -48,16 +47,9 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from pipa_core.io import atomic_write_json, atomic_write_text  # noqa: E402
-from pipa_core.uda.config import (  # noqa: E402
-    apply_overrides,
-    make_config,
-    pseudo_crop_rows,
-    resolve_benchmark,
-)
-from pipa_core.uda.ema import ema_update  # noqa: E402
-from pipa_core.uda.optim import build_optimizer  # noqa: E402
-from pipa_core.uda.step import StepContext, training_step  # noqa: E402
-from pipa_core.uda.trainer import build_networks  # noqa: E402
+from pipa_core.uda.config import apply_overrides, make_config, resolve_benchmark  # noqa: E402
+from pipa_core.uda.distributed import DistInfo  # noqa: E402
+from pipa_core.uda.engine import Engine  # noqa: E402
 
 MMAP_ENV = "MALLOC_MMAP_THRESHOLD_"
 RESULTS = REPO / "benchmarks" / "results"
@@ -146,25 +138,18 @@ def build_case(args: argparse.Namespace, case: str, device: torch.device):
         "losses.patch.crop_size": patch,
     }
     cfg = apply_overrides(make_config("gta2cs", "hrda"), {**sizes, **overrides})
-    torch.manual_seed(0)
-    spec = resolve_benchmark(cfg)
-    student, nets = build_networks(cfg, spec, device)
-    student.set_grad_checkpointing(ckpt)
-    opt = build_optimizer(student, cfg.optim.lr, cfg.optim.weight_decay, cfg.optim.head_lr_mult)
-    amp = {"bf16": torch.bfloat16, "fp16": torch.float16, "off": None}[args.amp]
-    ctx = StepContext(
-        generator=torch.Generator().manual_seed(0),
-        pseudo_crop=pseudo_crop_rows(cfg, spec),
-        patch_crop=patch,
-        autocast=functools.partial(
-            torch.autocast, device.type, dtype=amp or torch.bfloat16, enabled=amp is not None
-        ),
-    )
-    return cfg, student, nets, opt, ctx
+    cfg.runtime.amp = args.amp  # set directly: "off" is a YAML keyword
+    cfg.runtime.seed = 0
+    # the trainer's own engine: networks, AdamW, schedule, GradScaler, EMA, step context
+    eng = Engine.build(cfg, resolve_benchmark(cfg), DistInfo(device=device))
+    eng.student.set_grad_checkpointing(ckpt)
+    eng.student.train()
+    return cfg, eng
 
 
 def run_case(args: argparse.Namespace, case: str, device: torch.device) -> dict[str, Any]:
-    cfg, student, nets, opt, ctx = build_case(args, case, device)
+    cfg, eng = build_case(args, case, device)
+    student, ctx = eng.student, eng.ctx
     mem = PeakMemory(device)
     g = torch.Generator().manual_seed(1)
     times, peaks = [], []
@@ -175,11 +160,7 @@ def run_case(args: argparse.Namespace, case: str, device: torch.device) -> dict[
             base = mem.current()  # weights, optimizer states, teacher, ImageNet copy
         mem.reset()
         t0 = time.perf_counter()
-        out = training_step(batch, nets, cfg, ctx)
-        opt.zero_grad(set_to_none=True)
-        out.loss.backward()
-        opt.step()
-        ema_update(nets.teacher, student, 0.999)
+        out, _ = eng.step(batch, i)  # step, backward, clip, AdamW, EMA, schedule
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         if i >= args.warmup:

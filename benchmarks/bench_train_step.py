@@ -8,11 +8,11 @@ Usage::
     python benchmarks/bench_train_step.py --smoke            # seconds; used by the tests
 
 Everything is built by the engine itself (``pipa_core.uda``): the config preset
-(``make_config``), the networks (``trainer.build_networks``: student, EMA
-teacher, ImageNet feature-distance copy, loss modules), AdamW groups and the
-warmup/poly schedule, and one iteration is exactly the trainer's:
-``training_step`` -> ``Trainer._optimizer_step`` (backward, grad-norm, finite
-checks, AdamW) -> EMA update -> scheduler step. Batches are synthetic tensors of
+(``make_config``) and ``pipa_core.uda.engine.Engine.build``, the trainer's own
+builder (student, EMA teacher, ImageNet feature-distance copy, loss modules, AdamW
+groups, the warmup/poly schedule), and one iteration is exactly the trainer's
+``Engine.step``: ``training_step`` -> ``Engine.optimizer_step`` (backward,
+grad-norm, finite checks, AdamW) -> EMA update -> scheduler step. Batches are synthetic tensors of
 the preset's crop size (data loading is measured by ``bench_data.py``).
 
 Three measurements per model configuration:
@@ -59,8 +59,8 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import copy
 import functools
-import inspect
 import json
 import os
 import statistics
@@ -68,7 +68,6 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any, Callable, Optional
 
 import torch
@@ -77,12 +76,11 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import benchutil as bu  # noqa: E402
 
-from pipa_core.data.labels import IGNORE_INDEX  # noqa: E402
+from pipa_core.labels import IGNORE_INDEX  # noqa: E402
 from pipa_core.uda import config as uda_config  # noqa: E402
 from pipa_core.uda import step as uda_step  # noqa: E402
-from pipa_core.uda.ema import ema_alpha, ema_update  # noqa: E402
-from pipa_core.uda.optim import build_optimizer, build_scheduler  # noqa: E402
-from pipa_core.uda.trainer import Trainer, build_networks, resolve_amp  # noqa: E402
+from pipa_core.uda.distributed import DistInfo  # noqa: E402
+from pipa_core.uda.engine import Engine  # noqa: E402
 
 DTYPES = {"fp32": "off", "bf16": "bf16", "fp16": "fp16"}
 CONTRASTIVE = ("pixel", "patch", "temporal")
@@ -200,67 +198,34 @@ def without_losses(cfg, drop: tuple[str, ...]):
 
 
 # ----------------------------------------------------------------------------- engine
-class Engine(SimpleNamespace):
-    """The trainer's per-iteration state, built with the engine's own components.
+@dataclass
+class BenchEngine(Engine):
+    """The trainer's own :class:`~pipa_core.uda.engine.Engine` with an iteration counter.
 
-    Holds ``cfg, spec, device, student, nets, optimizer, scheduler, scaler, ctx,
-    amp_dtype`` - the attributes ``Trainer._optimizer_step`` reads - and runs one
-    iteration exactly as ``Trainer.fit`` does (without data loading and logging).
+    :meth:`run_iteration` is exactly one ``Trainer.fit`` iteration (``Engine.step``:
+    step, backward + AdamW, EMA, schedule) without data loading and logging.
     """
 
+    iteration: int = 0
+
     @classmethod
-    def build(cls, cfg, device: torch.device, compile_student: bool = False, seed: int = 0):
-        torch.manual_seed(seed)
-        spec = uda_config.resolve_benchmark(cfg)
-        # The engine's builder (newer versions also take the benchmark spec, for HRDA crops).
-        if "spec" in inspect.signature(build_networks).parameters:
-            student, nets = build_networks(cfg, spec, device)
-        else:
-            student, nets = build_networks(cfg, device)
-        if compile_student:
-            # Static shapes: the step feeds the student three input sizes (crop, patch crops,
-            # temporal frames); with dynamic shapes Inductor (torch 2.14) fails on the second
-            # one ("cannot determine truth value of Relational"), see docs/performance.md.
-            nets.student = torch.compile(nets.student, dynamic=False)
-        o = cfg.optim
-        optimizer = build_optimizer(
-            student, o.lr, o.weight_decay, o.head_lr_mult, tuple(o.betas),
-            (cfg.model.backbone_prefix,),
-        )  # fmt: skip
-        scheduler = build_scheduler(
-            optimizer, o.max_iters, o.warmup_iters, o.poly_power, o.warmup_ratio, o.min_lr_ratio
-        )
-        amp_dtype = resolve_amp(cfg.runtime.amp, device)
-        scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
-        ctx = uda_step.StepContext(
-            generator=torch.Generator().manual_seed(seed),
-            pseudo_crop=uda_config.pseudo_crop_rows(cfg, spec),
-            patch_crop=uda_config.patch_crop_size(cfg, spec),
-            autocast=functools.partial(
-                torch.autocast, device.type, dtype=amp_dtype, enabled=amp_dtype is not None
-            ),
-        )
-        student.train()
-        for m in nets.losses.values():
+    def for_config(
+        cls, cfg, device: torch.device, compile_student: bool = False, seed: int = 0
+    ) -> BenchEngine:
+        cfg = copy.deepcopy(cfg)
+        cfg.runtime.seed = seed
+        # Static shapes when compiled: the step feeds the student three input sizes (crop,
+        # patch crops, temporal frames); see docs/performance.md.
+        cfg.runtime.compile = compile_student
+        eng = cls.build(cfg, uda_config.resolve_benchmark(cfg), DistInfo(device=device))
+        eng.student.train()
+        for m in eng.nets.losses.values():
             m.train()
-        return cls(
-            cfg=cfg, spec=spec, device=device, student=student, nets=nets, optimizer=optimizer,
-            scheduler=scheduler, scaler=scaler, ctx=ctx, amp_dtype=amp_dtype, iteration=0,
-        )  # fmt: skip
+        return eng
 
     def run_iteration(self, batch: dict) -> None:
-        """``Trainer.fit``'s body: step, backward + AdamW, EMA, schedule."""
-        out = uda_step.training_step(batch, self.nets, self.cfg, self.ctx)
-        ok = Trainer._optimizer_step(self, out)
-        if ok and self.nets.teacher is not None:
-            self.ema()
-        self.scheduler.step()
+        self.step(batch, self.iteration)
         self.iteration += 1
-
-    def ema(self) -> None:
-        ema_update(
-            self.nets.teacher, self.student, ema_alpha(self.iteration, self.cfg.uda.ema_alpha)
-        )
 
 
 def make_batches(cfg, spec, device: torch.device, count: int = 2, seed: int = 0) -> list[dict]:
@@ -302,7 +267,7 @@ def make_batches(cfg, spec, device: torch.device, count: int = 2, seed: int = 0)
 
 
 # ----------------------------------------------------------------------------- plain timing
-def warm_up(eng: Engine, batches: list[dict], warmup: int) -> dict:
+def warm_up(eng: BenchEngine, batches: list[dict], warmup: int) -> dict:
     """``warmup`` iterations, then one more alone with the peak memory reset before it."""
     clock, mem = bu.Clock(eng.device), bu.PeakMemory(eng.device)
     for i in range(warmup):
@@ -313,7 +278,7 @@ def warm_up(eng: Engine, batches: list[dict], warmup: int) -> dict:
     return {"single_ms": round((clock.now() - t0) * 1e3, 3), "peak_mem_mib": mem.peak_mib()}
 
 
-def time_interleaved(engines: dict[str, Engine], batches: list[dict], iters: int) -> dict:
+def time_interleaved(engines: dict[str, BenchEngine], batches: list[dict], iters: int) -> dict:
     """Median plain step time per engine, iterations interleaved round-robin.
 
     Interleaving makes the comparison fair on a shared machine: a load change
@@ -342,7 +307,7 @@ class PhaseProbe:
     ``self.iterations``; :meth:`detach` removes every hook and wrapper.
     """
 
-    def __init__(self, eng: Engine, backward_split: bool = True):
+    def __init__(self, eng: BenchEngine, backward_split: bool = True):
         self.eng = eng
         self.clock = bu.Clock(eng.device)
         self.mem = bu.PeakMemory(eng.device)
@@ -442,6 +407,8 @@ class PhaseProbe:
 
     def attach(self) -> PhaseProbe:
         import pipa_core.losses as losses_pkg
+        import pipa_core.models.hrda as hrda_mod
+        import pipa_core.models.segmentor as segmentor_mod
 
         eng, nets = self.eng, self.eng.nets
         seg = nets.segmentor
@@ -457,7 +424,9 @@ class PhaseProbe:
         self._wrap(uda_step, "make_pseudo_label", lambda *a, **k: "pseudo_label")
         self._wrap(uda_step, "mix_batch", lambda *a, **k: "classmix")
         self._wrap(uda_step, "strong_augment", lambda *a, **k: "strong_augment")
-        self._wrap(uda_step, "segmentation_ce", self._ce_name)
+        # the CE is called through the segmentor's seg_loss (models.segmentor / models.hrda)
+        self._wrap(segmentor_mod, "segmentation_ce", self._ce_name)
+        self._wrap(hrda_mod, "segmentation_ce", self._ce_name)
         self._wrap(losses_pkg, "sample_patch_pair", lambda *a, **k: "patch_sampling")
         if self.backward_split:
             first_conv = next(m for m in seg.encoder.modules() if isinstance(m, nn.Conv2d))
@@ -496,13 +465,14 @@ class PhaseProbe:
         fwd_phases = sum(ms for ms, _ in self._cur.values())
         self._cur["forward_other"] = (max(fwd_ms - fwd_phases, 0.0), None)
         self._cpu["forward_other"] = max(fwd_cpu - sum(self._cpu.values()), 0.0)
-        # backward + grad-norm + AdamW: the trainer's own method (spans via _ScalerProbe)
-        ok = Trainer._optimizer_step(eng, out)
+        # backward + grad-norm + AdamW: the engine's own method (spans via _ScalerProbe)
+        ok = eng.optimizer_step(out)
         while self._open:  # a skipped (non-finite) step never reaches scaler.step
             self.end()
+        eng.sync_buffers()
         if ok and eng.nets.teacher is not None:
             with self.span("ema_update"):
-                eng.ema()
+                eng.update_teacher(eng.iteration)
         with self.span("lr_schedule"):
             eng.scheduler.step()
         eng.iteration += 1
@@ -601,7 +571,7 @@ def bench_model(name: str, args, device: torch.device) -> dict:
     )
     batches = make_batches(cfg, spec, device)
     base_mib = bu.current_memory_mib(device)
-    eng = Engine.build(cfg, device, args.compile)
+    eng = BenchEngine.for_config(cfg, device, args.compile)
     n_params = sum(p.numel() for p in eng.student.parameters())
     alone = warm_up(eng, batches, warmup)
     print(f"[{name}] warm, peak {alone['peak_mem_mib']} MiB", flush=True)
@@ -623,7 +593,7 @@ def bench_model(name: str, args, device: torch.device) -> dict:
             variants.update({f"without_{n}": (n,) for n in contrastive})
     engines = {"full": eng}
     for vname, drop in variants.items():
-        engines[vname] = Engine.build(without_losses(cfg, drop), device, args.compile)
+        engines[vname] = BenchEngine.for_config(without_losses(cfg, drop), device, args.compile)
         warm_up(engines[vname], batches, warmup)
     timed = time_interleaved(engines, batches, iters)
     step = {**timed.pop("full"), "peak_mem_mib": alone["peak_mem_mib"]}

@@ -6,7 +6,7 @@ Usage::
     python benchmarks/profile_train_step.py --model mit_b5_512 --device cuda --preset paper
 
 Builds the iteration exactly as ``bench_train_step.py`` does (engine config,
-networks, ``training_step`` + ``Trainer._optimizer_step`` + EMA), runs
+networks, ``Engine.step``: training step + optimizer + EMA), runs
 ``--warmup`` iterations, then profiles ``--iters`` iterations and writes the
 operators sorted by self time (``profile_<model>_<device>.md`` / ``.json``),
 plus the count of device-to-host synchronisations (``aten::item`` /
@@ -51,7 +51,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     cfg, reduced = bts.build_config(args.model, args.preset, args.dtype, False, args.device)
     spec = bts.uda_config.resolve_benchmark(cfg)
     batches = bts.make_batches(cfg, spec, device)
-    eng = bts.Engine.build(cfg, device)
+    eng = bts.BenchEngine.for_config(cfg, device)
     for i in range(args.warmup):
         eng.run_iteration(batches[i % len(batches)])
     acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])

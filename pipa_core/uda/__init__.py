@@ -23,6 +23,7 @@ from pipa_core.uda.config import (
     validate_config,
 )
 from pipa_core.uda.ema import build_teacher, ema_alpha, ema_update
+from pipa_core.uda.engine import Engine
 from pipa_core.uda.feature_distance import FeatureDistance, downscale_label_ratio, thing_mask
 from pipa_core.uda.mixing import class_mix_mask, class_mix_masks, mix_batch, strong_augment
 from pipa_core.uda.pseudo_label import PseudoLabel, make_pseudo_label
@@ -33,6 +34,7 @@ __all__ = [
     "METHODS",
     "ConfigError",
     "DataConfig",
+    "Engine",
     "EvalConfig",
     "FeatureDistance",
     "LossConfig",

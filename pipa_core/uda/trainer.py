@@ -13,138 +13,41 @@ and ``runtime.resume=true`` continues from the last checkpoint.
 
 from __future__ import annotations
 
-import functools
 import logging
-import math
 import os
-import random
 import signal
 import threading
 import time
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-import numpy as np
 import torch
-from torch import nn
 
 from pipa_core.io import atomic_torch_save, atomic_write_json
 from pipa_core.uda import checkpoint as ckpt
 from pipa_core.uda.config import (
     TrainConfig,
-    patch_crop_size,
-    pseudo_crop_rows,
     resolve_benchmark,
+    resolve_eval,
     validate_config,
 )
 from pipa_core.uda.data_stream import BatchStream, build_datasets, val_loader
 from pipa_core.uda.distributed import (
     DistInfo,
     all_reduce_mean,
-    average_buffers,
     barrier,
     broadcast_flag,
     init_distributed,
-    wrap_model,
 )
-from pipa_core.uda.ema import build_teacher, ema_alpha, ema_update
-from pipa_core.uda.feature_distance import FeatureDistance
-from pipa_core.uda.optim import build_optimizer, build_scheduler
+from pipa_core.uda.engine import Engine
 from pipa_core.uda.run_logger import RunLogger
-from pipa_core.uda.step import Networks, StepContext, StepOutput, training_step
+from pipa_core.uda.step import StepOutput, training_step
 
 log = logging.getLogger(__name__)
 
 
 class NonFiniteLossError(RuntimeError):
     """Too many consecutive non-finite losses / gradients; the last good checkpoint is kept."""
-
-
-def seed_everything(seed: int) -> None:
-    """Seed Python, NumPy and torch (CPU and CUDA) global RNGs."""
-    random.seed(seed)
-    np.random.seed(seed % 2**32)  # noqa: NPY002 - datasets may use the legacy global RNG
-    torch.manual_seed(seed)
-
-
-def resolve_amp(amp: str, device: torch.device) -> Optional[torch.dtype]:
-    """Autocast dtype for ``runtime.amp`` on ``device`` (None = full precision).
-
-    ``auto``: bf16 on CUDA GPUs that support it, else fp16 (with a GradScaler); off on CPU.
-    """
-    if amp == "off" or (amp == "auto" and device.type != "cuda"):
-        return None
-    if amp == "auto":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return {"bf16": torch.bfloat16, "fp16": torch.float16}[amp]
-
-
-def build_networks(cfg: TrainConfig, spec, device: torch.device) -> tuple[nn.Module, Networks]:
-    """Student segmentor, EMA teacher, feature-distance copy and loss modules for ``cfg``.
-
-    ``spec`` is the resolved benchmark (its crop sizes the HRDA detail crop).
-
-    Only the projection heads of enabled losses are built, so DDP never sees
-    unused parameters. Returns ``(student_module, Networks)`` (student not yet wrapped).
-    """
-    from pipa_core.losses import (
-        ClassMemoryBank,
-        PatchContrastLoss,
-        PixelContrastLoss,
-        PrototypeContrastLoss,
-        TemporalContrastLoss,
-    )
-    from pipa_core.uda.hrda import build_student
-
-    m, lc = cfg.model, cfg.losses
-    heads = tuple(n for n in ("pixel", "patch", "temporal") if n in lc.enabled)
-    kwargs: dict[str, Any] = {"proj_heads": heads, "channels_last": cfg.runtime.channels_last}
-    if m.proj_dim is not None:
-        kwargs["proj_dim"] = m.proj_dim
-    if m.decoder_channels is not None:
-        kwargs["decoder_channels"] = m.decoder_channels
-    student = build_student(
-        m.arch, spec.crop_size, m.hrda_detail_ratio, m.hrda_hr_loss_weight,
-        num_classes=19, pretrained=m.pretrained, **kwargs,
-    ).to(device)  # fmt: skip
-    if m.init_from is not None:  # a warm start: every tensor but the projection heads
-        from pipa_core.assets import resolve_weights
-        from pipa_core.models.pretrained import load_segmentor_weights
-
-        load_segmentor_weights(student, resolve_weights(m.init_from), strict=True)
-    proj_dim = m.proj_dim or 256
-
-    def bank(size: int, classes: int) -> Optional[ClassMemoryBank]:
-        return ClassMemoryBank(classes, proj_dim, size).to(device) if size > 0 else None
-
-    losses: dict[str, nn.Module] = {}
-    if "pixel" in lc.enabled:
-        p = lc.pixel
-        losses["pixel"] = PixelContrastLoss(
-            p.temperature, p.max_anchors, p.max_views, memory_bank=bank(p.memory_size, 19)
-        )
-    if "patch" in lc.enabled:
-        p = lc.patch
-        losses["patch"] = PatchContrastLoss(
-            p.temperature, p.max_locations, p.num_negatives, memory_bank=bank(p.memory_size, 1)
-        )
-    if "temporal" in lc.enabled:
-        p = lc.temporal
-        losses["temporal"] = TemporalContrastLoss(
-            p.temperature, p.max_locations, p.num_negatives, memory_bank=bank(p.memory_size, 1)
-        )
-    if "prototype" in lc.enabled:
-        p = lc.prototype
-        losses["prototype"] = PrototypeContrastLoss(
-            19, student.feat_channels, p.temperature, p.momentum, max_pixels=p.max_pixels
-        ).to(device)
-    teacher = None
-    if cfg.uda.mode == "self_training":
-        teacher = build_teacher(student, cfg.uda.teacher_bn)
-    fd = None
-    if cfg.uda.fd_lambda > 0:
-        fd = FeatureDistance(student, cfg.uda.fd_lambda, cfg.uda.fd_classes, cfg.uda.fd_min_ratio)
-    return student, Networks(student, teacher, fd, losses)
 
 
 class Trainer:
@@ -170,51 +73,18 @@ class Trainer:
         self.run_dir = cfg.resolved_run_dir
         self.spec = resolve_benchmark(cfg)
 
-        # Same initial weights on every rank: build under the base seed, then reseed per rank.
-        seed_everything(r.seed)
-        self.student, self.nets = build_networks(cfg, self.spec, self.device)
-        seed_everything(r.seed + 1000 * self.info.rank)
-        self.nets.student = wrap_model(self.student, self.info, r.sync_bn, r.find_unused_parameters)
-        if r.compile:
-            # Static shapes: the student sees a few fixed sizes (crops, patch crops), and
-            # torch 2.14's dynamic-shape path fails on the second one.
-            self.nets.student = torch.compile(self.nets.student, dynamic=False)
-        self.optimizer = build_optimizer(
-            self.student, cfg.optim.lr, cfg.optim.weight_decay, cfg.optim.head_lr_mult,
-            tuple(cfg.optim.betas), (cfg.model.backbone_prefix,),
-        )  # fmt: skip
-        o = cfg.optim
-        self.scheduler = build_scheduler(
-            self.optimizer,
-            o.max_iters,
-            o.warmup_iters,
-            o.poly_power,
-            o.warmup_ratio,
-            o.min_lr_ratio,
-        )
-        self.amp_dtype = resolve_amp(r.amp, self.device)
-        self.scaler = torch.amp.GradScaler(
-            self.device.type, enabled=self.amp_dtype == torch.float16
-        )
-        self.generator = torch.Generator().manual_seed(r.seed * 7919 + self.info.rank)
-        self.ctx = StepContext(
-            generator=self.generator,
-            pseudo_crop=pseudo_crop_rows(cfg, self.spec),
-            patch_crop=patch_crop_size(cfg, self.spec),
-            autocast=functools.partial(
-                torch.autocast,
-                self.device.type,
-                dtype=self.amp_dtype,
-                enabled=self.amp_dtype is not None,
-            ),
-        )
+        self.engine = Engine.build(cfg, self.spec, self.info)
+        e = self.engine  # the trainer's names for the engine's parts (same objects)
+        self.student, self.nets, self.optimizer = e.student, e.nets, e.optimizer
+        self.scheduler, self.scaler, self.amp_dtype = e.scheduler, e.scaler, e.amp_dtype
+        self.generator, self.ctx = e.generator, e.ctx
 
         train_set, self.val_set = build_datasets(cfg, self.spec)
         self.stream = BatchStream(
             train_set, cfg.data.batch_size, self.info, r.seed, cfg.data.num_workers
         )
         self.val_loader = val_loader(self.val_set, cfg, self.info)
-        self.protocols = tuple(cfg.eval.protocols or self.spec.protocols)
+        self.eval_settings = resolve_eval(cfg, self.spec)
 
         self.iteration = 0
         self.nonfinite_streak = 0
@@ -325,35 +195,11 @@ class Trainer:
         """Target-val mIoU of the student (every rank evaluates its shard; results are summed)."""
         from pipa_core.eval.evaluate import evaluate
 
-        e = self.cfg.eval
-        crop = tuple(e.crop_size) if e.crop_size else tuple(self.spec.crop_size)
+        kw = self.eval_settings.kwargs()
+        kw.pop("max_samples")  # the val loader already holds the first eval.max_samples
         return evaluate(
-            self.student, self.val_loader, self.protocols, mode=e.mode, crop_size=crop,
-            stride=tuple(e.stride) if e.stride else None, flip=e.flip, device=self.device,
-            autocast_dtype=self.amp_dtype,
-        )  # fmt: skip
-
-    def _optimizer_step(self, out: StepOutput) -> bool:
-        """Backward + optimizer step; False (and nothing applied) when loss or gradients are non-finite."""
-        params = [p for g in self.optimizer.param_groups for p in g["params"]]
-        bad = broadcast_flag(not bool(torch.isfinite(out.loss.detach())), self.device)
-        if not bad:
-            self.scaler.scale(out.loss).backward()
-            self.scaler.unscale_(self.optimizer)
-            max_norm = self.cfg.optim.grad_clip or float("inf")
-            norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
-            out.logs["grad_norm"] = float(norm)
-            # With a GradScaler an inf gradient is an expected overflow: the scaler skips it.
-            bad = broadcast_flag(
-                not math.isfinite(float(norm)) and not self.scaler.is_enabled(), self.device
-            )
-        if bad:
-            self.optimizer.zero_grad(set_to_none=True)
-            return False
-        self.scaler.step(self.optimizer)
-        self.scaler.update()
-        self.optimizer.zero_grad(set_to_none=True)
-        return True
+            self.student, self.val_loader, device=self.device, autocast_dtype=self.amp_dtype, **kw
+        )
 
     def _install_signal_handlers(self) -> list:
         """SIGTERM / SIGINT: finish the iteration, checkpoint, exit (main thread only)."""
@@ -390,20 +236,9 @@ class Trainer:
             while self.iteration < stop_at:
                 it = self.iteration
                 batch = self.stream.next()
-                out = self.step_fn(batch, self.nets, cfg, self.ctx)
-                ok = self._optimizer_step(out)
-                if self.info.distributed:
-                    average_buffers(self.student)
-                    if self.nets.teacher is not None and cfg.uda.teacher_bn == "batch":
-                        # its BatchNorm statistics follow each rank's own target batch
-                        average_buffers(self.nets.teacher)
+                out, ok = self.engine.step(batch, it, self.step_fn)
                 if ok:
                     self.nonfinite_streak = 0
-                    if self.nets.teacher is not None:
-                        ema_update(
-                            self.nets.teacher, self.student, ema_alpha(it, cfg.uda.ema_alpha),
-                            buffers=cfg.uda.teacher_bn == "ema",
-                        )  # fmt: skip
                 else:
                     self.nonfinite_streak += 1
                     self.skipped_steps += 1
@@ -419,7 +254,6 @@ class Trainer:
                             "Lower optim.lr, set optim.grad_clip, or try runtime.amp=off, then resume "
                             "with runtime.resume=true."
                         )
-                self.scheduler.step()
                 self.iteration = it + 1
                 bar.update(1)
 

@@ -1,0 +1,242 @@
+"""The training engine: everything one iteration needs, built in one place.
+
+:meth:`Engine.build` turns a validated :class:`~pipa_core.uda.config.TrainConfig`
+and its resolved benchmark into the networks (student, EMA teacher, feature
+distance, loss modules), the optimizer and schedule, mixed precision and the step's
+context; :meth:`Engine.step` runs one iteration: the training step (forward and
+losses, :mod:`pipa_core.uda.step`), backward, gradient clipping, the optimizer,
+the EMA teacher and the learning-rate schedule. The trainer
+(:mod:`pipa_core.uda.trainer`) adds data, logging, evaluation and checkpoints
+around it; the benchmarks time the same object.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import random
+from dataclasses import dataclass
+from typing import Any, Callable, Optional
+
+import numpy as np
+import torch
+from torch import nn
+
+from pipa_core.uda.config import TrainConfig, patch_crop_size, pseudo_crop_rows
+from pipa_core.uda.distributed import (
+    DistInfo,
+    average_buffers,
+    broadcast_flag,
+    wrap_model,
+)
+from pipa_core.uda.ema import build_teacher, ema_alpha, ema_update
+from pipa_core.uda.feature_distance import FeatureDistance
+from pipa_core.uda.optim import build_optimizer, build_scheduler
+from pipa_core.uda.step import Networks, StepContext, StepOutput, training_step
+
+__all__ = ["Engine", "build_networks", "resolve_amp", "seed_everything"]
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and torch (CPU and CUDA) global RNGs."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)  # noqa: NPY002 - datasets may use the legacy global RNG
+    torch.manual_seed(seed)
+
+
+def resolve_amp(amp: str, device: torch.device) -> Optional[torch.dtype]:
+    """Autocast dtype for ``runtime.amp`` on ``device`` (None = full precision).
+
+    ``auto``: bf16 on CUDA GPUs that support it, else fp16 (with a GradScaler); off on CPU.
+    """
+    if amp == "off" or (amp == "auto" and device.type != "cuda"):
+        return None
+    if amp == "auto":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return {"bf16": torch.bfloat16, "fp16": torch.float16}[amp]
+
+
+def build_networks(cfg: TrainConfig, spec, device: torch.device) -> tuple[nn.Module, Networks]:
+    """Student segmentor, EMA teacher, feature-distance copy and loss modules for ``cfg``.
+
+    ``spec`` is the resolved benchmark (its crop sizes the HRDA detail crop).
+
+    Only the projection heads of enabled losses are built, so DDP never sees
+    unused parameters. Returns ``(student_module, Networks)`` (student not yet wrapped).
+    """
+    from pipa_core.losses import (
+        ClassMemoryBank,
+        PatchContrastLoss,
+        PixelContrastLoss,
+        PrototypeContrastLoss,
+        TemporalContrastLoss,
+    )
+    from pipa_core.models import build_from_config
+
+    m, lc = cfg.model, cfg.losses
+    student = build_from_config(
+        m, spec.crop_size, lc.enabled, channels_last=cfg.runtime.channels_last
+    ).to(device)
+    if m.init_from is not None:  # a warm start: every tensor but the projection heads
+        from pipa_core.assets import resolve_weights
+        from pipa_core.models.pretrained import load_segmentor_weights
+
+        load_segmentor_weights(student, resolve_weights(m.init_from), strict=True)
+    proj_dim = m.proj_dim or 256
+
+    def bank(size: int, classes: int) -> Optional[ClassMemoryBank]:
+        return ClassMemoryBank(classes, proj_dim, size).to(device) if size > 0 else None
+
+    losses: dict[str, nn.Module] = {}
+    if "pixel" in lc.enabled:
+        p = lc.pixel
+        losses["pixel"] = PixelContrastLoss(
+            p.temperature, p.max_anchors, p.max_views, memory_bank=bank(p.memory_size, 19)
+        )
+    if "patch" in lc.enabled:
+        p = lc.patch
+        losses["patch"] = PatchContrastLoss(
+            p.temperature, p.max_locations, p.num_negatives, memory_bank=bank(p.memory_size, 1)
+        )
+    if "temporal" in lc.enabled:
+        p = lc.temporal
+        losses["temporal"] = TemporalContrastLoss(
+            p.temperature, p.max_locations, p.num_negatives, memory_bank=bank(p.memory_size, 1)
+        )
+    if "prototype" in lc.enabled:
+        p = lc.prototype
+        losses["prototype"] = PrototypeContrastLoss(
+            19, student.feat_channels, p.temperature, p.momentum, max_pixels=p.max_pixels
+        ).to(device)
+    teacher = None
+    if cfg.uda.mode == "self_training":
+        teacher = build_teacher(student, cfg.uda.teacher_bn)
+    fd = None
+    if cfg.uda.fd_lambda > 0:
+        fd = FeatureDistance(student, cfg.uda.fd_lambda, cfg.uda.fd_classes, cfg.uda.fd_min_ratio)
+    return student, Networks(student, teacher, fd, losses)
+
+
+@dataclass
+class Engine:
+    """One run's networks, optimizer, schedule and step context (see the module docstring).
+
+    ``student`` is the unwrapped segmentor; ``nets.student`` is what the step calls
+    (DDP-wrapped and/or compiled). ``generator`` drives the step's own sampling
+    (ClassMix masks, patch crops), seeded per rank.
+    """
+
+    cfg: TrainConfig
+    spec: Any
+    info: DistInfo
+    student: nn.Module
+    nets: Networks
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    scaler: torch.amp.GradScaler
+    amp_dtype: Optional[torch.dtype]
+    generator: torch.Generator
+    ctx: StepContext
+
+    @classmethod
+    def build(cls, cfg: TrainConfig, spec, info: Optional[DistInfo] = None) -> Engine:
+        """Build everything from ``cfg`` and the resolved benchmark ``spec`` on ``info.device``.
+
+        Every rank builds the same initial weights (under ``runtime.seed``), then reseeds
+        per rank for the step's randomness. ``info`` defaults to one process on the CPU.
+        """
+        info = info if info is not None else DistInfo()
+        r, o, device = cfg.runtime, cfg.optim, info.device
+        seed_everything(r.seed)
+        student, nets = build_networks(cfg, spec, device)
+        seed_everything(r.seed + 1000 * info.rank)
+        nets.student = wrap_model(student, info, r.sync_bn, r.find_unused_parameters)
+        if r.compile:
+            # Static shapes: the student sees a few fixed sizes (crops, patch crops), and
+            # torch 2.14's dynamic-shape path fails on the second one.
+            nets.student = torch.compile(nets.student, dynamic=False)
+        optimizer = build_optimizer(
+            student, o.lr, o.weight_decay, o.head_lr_mult, tuple(o.betas),
+            (cfg.model.backbone_prefix,),
+        )  # fmt: skip
+        scheduler = build_scheduler(
+            optimizer, o.max_iters, o.warmup_iters, o.poly_power, o.warmup_ratio, o.min_lr_ratio
+        )
+        amp_dtype = resolve_amp(r.amp, device)
+        scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
+        generator = torch.Generator().manual_seed(r.seed * 7919 + info.rank)
+        ctx = StepContext(
+            generator=generator,
+            pseudo_crop=pseudo_crop_rows(cfg, spec),
+            patch_crop=patch_crop_size(cfg, spec),
+            autocast=functools.partial(
+                torch.autocast, device.type, dtype=amp_dtype, enabled=amp_dtype is not None
+            ),
+        )
+        return cls(
+            cfg, spec, info, student, nets, optimizer, scheduler, scaler, amp_dtype, generator, ctx
+        )
+
+    @property
+    def device(self) -> torch.device:
+        return self.info.device
+
+    def step(
+        self,
+        batch: dict,
+        iteration: int,
+        step_fn: Callable[..., StepOutput] = training_step,
+    ) -> tuple[StepOutput, bool]:
+        """One iteration at ``iteration`` (0-based): step, backward, clip, optimizer, EMA, schedule.
+
+        Returns the step's output and whether the update was applied (``False``: the loss
+        or the gradients were non-finite on some rank, and nothing was changed but the
+        schedule, which always advances so a skipped step keeps the run's length).
+        """
+        out = step_fn(batch, self.nets, self.cfg, self.ctx)
+        applied = self.optimizer_step(out)
+        self.sync_buffers()
+        if applied:
+            self.update_teacher(iteration)
+        self.scheduler.step()
+        return out, applied
+
+    def sync_buffers(self) -> None:
+        """Average BatchNorm statistics over ranks (DDP syncs gradients, not buffers)."""
+        if not self.info.distributed:
+            return
+        average_buffers(self.student)
+        if self.nets.teacher is not None and self.cfg.uda.teacher_bn == "batch":
+            # its BatchNorm statistics follow each rank's own target batch
+            average_buffers(self.nets.teacher)
+
+    def update_teacher(self, iteration: int) -> None:
+        """EMA of the student's parameters into the teacher (buffers too if ``teacher_bn="ema"``)."""
+        if self.nets.teacher is None:
+            return
+        ema_update(
+            self.nets.teacher, self.student, ema_alpha(iteration, self.cfg.uda.ema_alpha),
+            buffers=self.cfg.uda.teacher_bn == "ema",
+        )  # fmt: skip
+
+    def optimizer_step(self, out: StepOutput) -> bool:
+        """Backward + optimizer step; False (and nothing applied) when loss or gradients are non-finite."""
+        params = [p for g in self.optimizer.param_groups for p in g["params"]]
+        bad = broadcast_flag(not bool(torch.isfinite(out.loss.detach())), self.device)
+        if not bad:
+            self.scaler.scale(out.loss).backward()
+            self.scaler.unscale_(self.optimizer)
+            max_norm = self.cfg.optim.grad_clip or float("inf")
+            norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
+            out.logs["grad_norm"] = float(norm)
+            # With a GradScaler an inf gradient is an expected overflow: the scaler skips it.
+            bad = broadcast_flag(
+                not math.isfinite(float(norm)) and not self.scaler.is_enabled(), self.device
+            )
+        if bad:
+            self.optimizer.zero_grad(set_to_none=True)
+            return False
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.optimizer.zero_grad(set_to_none=True)
+        return True
