@@ -6,7 +6,7 @@ protocol, source-only (control) / target oracle / DACS / PiPa from the shared
 warm start for every seed, the table, learning curves, per-class IoU, the
 teacher's pseudo-label accuracy and predictions. The executed notebook, with
 every table and figure, is written to ``<out-dir>/quickstart.ipynb``; the
-table to ``<out-dir>/results.{json,md}``; figures go to ``<figures>/``.
+table to ``<out-dir>/results.{json,md}``; figures to ``<out-dir>/figures`` (or ``--figures``).
 
     python -m pipa_core.quickstart                              # the full tutorial (3 seeds)
     python -m pipa_core.quickstart --seeds 0 --max-iters 50     # a fast smoke run
@@ -42,11 +42,16 @@ def notebook_parameters(args: argparse.Namespace) -> dict:
     return {
         "data_root": data_root_of(args.data_root),
         "out_dir": str(args.out_dir),
-        "figures_dir": str(args.figures),
+        "figures_dir": str(figures_dir_of(args)),
         "overrides": overrides,
         "seeds": list(args.seeds[:1] if args.no_table else args.seeds),
         "jobs": args.jobs,
     }
+
+
+def figures_dir_of(args: argparse.Namespace) -> Path:
+    """``--figures``, else ``<out-dir>/figures`` (generated figures never dirty the checkout)."""
+    return Path(args.figures) if args.figures else Path(args.out_dir) / "figures"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -63,7 +68,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--out-dir", default="runs/quickstart", help="runs, results table and the executed notebook"
     )
-    p.add_argument("--figures", default="figures", help="where the figures are written")
+    p.add_argument(
+        "--figures", default=None, help="where the figures are written (default: <out-dir>/figures)"
+    )
     p.add_argument(
         "--max-iters", type=int, default=None, help="iterations per run (default: the preset's)"
     )
@@ -99,7 +106,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     import papermill as pm
 
-    from pipa_core.eval.runs import notebook_path
+    from pipa_core.experiments.notebook import notebook_path
 
     out_dir = Path(args.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -115,7 +122,7 @@ def main(argv: list[str] | None = None) -> dict:
     )
     summary = json.loads((out_dir / "quickstart.json").read_text())
     print((out_dir / "results.md").read_text())
-    print(f"executed notebook: {executed}\nfigures: {args.figures}/")
+    print(f"executed notebook: {executed}\nfigures: {figures_dir_of(args)}/")
     return summary
 
 

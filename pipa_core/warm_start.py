@@ -4,7 +4,7 @@ Every method of the embedded benchmark (``synthetic_*`` presets) starts from
 one source model, shipped as ``pipa_core/assets/synthetic_warm_start.pt``.
 This command is how that file was made, and how to make it again: it trains
 source-only from random weights with the recorded recipe
-(:data:`pipa_core.uda.experiments.WARM_START_OVERRIDES`, on one torch thread),
+(:data:`pipa_core.experiments.comparisons.WARM_START_OVERRIDES`, on one torch thread),
 exports the student's weights and writes ``synthetic_warm_start.json`` beside
 them (command, configuration, generator version, results, machine, SHA-256).
 
@@ -57,8 +57,8 @@ def main(argv: list[str] | None = None) -> dict:
     import torch
 
     from pipa_core.data.synthetic import GENERATOR_VERSION
+    from pipa_core.experiments.comparisons import WARM_START_OVERRIDES, warm_start_config
     from pipa_core.io import atomic_open, atomic_write_json, sha256_file
-    from pipa_core.uda.experiments import WARM_START_OVERRIDES, warm_start_config
     from pipa_core.uda.trainer import train
 
     overrides = ["runtime.num_threads=1", *args.set]

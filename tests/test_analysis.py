@@ -252,7 +252,16 @@ def test_class_center_distance_over_loaders_per_domain_and_pooled():
     d = res.to_dict()
     assert set(d["target"]["per_class"]) == {"road", "sidewalk", "building"}
     assert d["all"]["pixels"]["road"] == int(res.count["source"][0] + res.count["target"][0])
-    assert "| source |" in res.to_markdown()
+    md = res.to_markdown().splitlines()
+    assert md[0] == "| class | source | target | all |"  # narrow: one row per class
+    assert [row.split(" | ")[0] for row in md[2:]] == [
+        "| road",
+        "| sidewalk",
+        "| building",
+        "| **mean**",
+    ]
+    mean = f"{res.mean('source'):.3f}"
+    assert md[-1].split(" | ")[1] == f"**{mean}**"
     assert len(res.to_frame()) == 9
 
 

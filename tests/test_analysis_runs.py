@@ -5,7 +5,7 @@ import json
 import pytest
 import torch
 
-from pipa_core.eval.runs import (
+from pipa_core.experiments.runs import (
     build_segmentor_for,
     collect_results,
     load_run_config,
@@ -99,7 +99,7 @@ def test_collect_results_and_metrics(tmp_path):
 
 def test_analysis_datasets_follow_the_run_config(tmp_path):
     from pipa_core.data.synthetic import ensure_synthetic
-    from pipa_core.eval.runs import analysis_datasets
+    from pipa_core.experiments.runs import analysis_datasets
 
     ensure_synthetic(tmp_path / "synthetic", size="tiny")
     cfg = make_run_config(

@@ -16,7 +16,7 @@ from pipa_core.data.benchmarks import (
     get_benchmark,
     synthetic_benchmark,
 )
-from pipa_core.data.labels import PROTOCOLS
+from pipa_core.labels import PROTOCOLS
 
 REAL = ["gta2cs", "syn2cs", "gtasyn2cs", "cs2acdc", "cs2darkzurich", "viper2csseq", "synseq2csseq"]
 
@@ -94,6 +94,20 @@ def test_synthetic_preset_uses_embedded_benchmark(tmp_path):
     assert val[0]["img"].shape == (3, 32, 64) and (val[0]["label"] != 255).any()
     assert (tmp_path / "synthetic" / "source" / "train" / "images").is_dir()
     assert torch.equal(train[0]["source"]["img"], item["source"]["img"])  # deterministic items
+
+
+def test_oracle_pairs_put_the_labelled_target_in_the_source_slot(tmp_path):
+    spec = synthetic_benchmark("tiny")
+    uda = build_train_dataset(spec, tmp_path, seed=0, rcs=True)
+    oracle = build_train_dataset(spec, tmp_path, seed=0, rcs=True, labelled_target=True)
+    assert oracle.rcs is None and uda.rcs is not None  # no RCS on target labels
+    item = oracle[0]
+    assert (item["source"]["label"] != 255).any()  # target labels, read for the oracle
+    assert (item["target"]["label"] == 255).all()
+    # the source slot now holds target images: the same files as the target split
+    assert len(oracle.sources[0]) == len(uda.target)
+    names = {oracle.sources[0][i]["name"] for i in range(3)}
+    assert all("target" in n for n in names)
 
 
 def test_synthetic_seq_preset_trains_on_sequences_and_validates_on_images(tmp_path):

@@ -320,10 +320,10 @@ def test_missing_warm_start_is_a_config_error_naming_the_fix(synthetic_root, tmp
 
 def test_synthetic_presets_start_from_the_shipped_warm_start():
     from pipa_core.assets import asset_card, asset_path
+    from pipa_core.experiments.comparisons import WARM_START_OVERRIDES, warm_start_config
     from pipa_core.io import sha256_file
+    from pipa_core.models import build_from_config
     from pipa_core.models.pretrained import load_segmentor_weights
-    from pipa_core.uda.experiments import WARM_START_OVERRIDES, warm_start_config
-    from pipa_core.uda.hrda import build_student
 
     path = asset_path("synthetic_warm_start")
     assert path.stat().st_size <= 20 * 2**20
@@ -341,8 +341,6 @@ def test_synthetic_presets_start_from_the_shipped_warm_start():
         cfg = get_preset(f"synthetic_{method}")
         assert cfg.model.init_from == "synthetic_warm_start"
         m = cfg.model
-        seg = build_student(
-            m.arch, (128, 128), decoder_channels=m.decoder_channels, proj_dim=m.proj_dim
-        )
+        seg = build_from_config(m, (128, 128), pretrained=False)
         report = load_segmentor_weights(seg, path, strict=True)
         assert report.loaded > 0 and not report.missing and not report.unexpected

@@ -8,7 +8,7 @@ import pytest
 
 import pipa_core.uda.trainer as trainer_mod
 from pipa_core.data.synthetic import ensure_synthetic
-from pipa_core.uda.experiments import (
+from pipa_core.experiments.comparisons import (
     ablation_settings,
     quickstart_config,
     run_quickstart_table,
@@ -86,7 +86,7 @@ def test_quickstart_table_end_to_end_and_reuse(tmp_path, monkeypatch):
     again = run_quickstart_table(**kw)
     assert [r["miou"] for r in again["rows"]] == [r["miou"] for r in table["rows"]]
     # The notebook's single runs reuse them the same way.
-    from pipa_core.uda.experiments import quickstart_config, train_or_reuse
+    from pipa_core.experiments.comparisons import quickstart_config, train_or_reuse
 
     cfg = quickstart_config(
         "oracle", 1, tmp_path / "qs", str(tmp_path / "data"), [*overrides, "runtime.progress=false"]

@@ -1,4 +1,4 @@
-"""pipa_core.data: labels, real and synthetic datasets, joint transforms, rare class sampling, UDA pairs.
+"""pipa_core.data: real and synthetic datasets, joint transforms, rare class sampling, UDA pairs.
 
 Names below are imported lazily (on first attribute access) so that
 ``import pipa_core.data`` stays light; see data/README.md for the datasets.

@@ -19,7 +19,6 @@ from typing import Any, Callable, Optional
 from torch.utils.data import Dataset
 
 from pipa_core.data.base import HIDDEN_LABEL, DatasetError, Transform
-from pipa_core.data.labels import check_protocol
 from pipa_core.data.transforms import (
     Compose,
     DropLabel,
@@ -27,6 +26,7 @@ from pipa_core.data.transforms import (
     train_pipeline,
     val_pipeline,
 )
+from pipa_core.labels import check_protocol
 
 Size = tuple[int, int]
 
@@ -319,25 +319,47 @@ def build_train_dataset(
     rcs: Optional[bool] = None,
     target_sampling: str = "random",
     photometric: bool = True,
+    target_photometric: Optional[bool] = None,
+    augment: Optional[SourceAugment] = None,
+    labelled_target: bool = False,
 ):
-    """UDA training pairs ``{"source", "target"}`` for ``spec`` (see ``pipa_core.data.uda``).
+    """The training pairs ``{"source", "target"}`` for ``spec`` (see ``pipa_core.data.uda``);
+    the one builder of training data (the trainer's ``build_datasets`` calls it).
 
-    ``rcs`` overrides ``spec.rcs``; RCS needs each source's ``sample_class_stats.json``.
+    Args:
+        rcs: rare class sampling of the source(s); ``None`` = ``spec.rcs``. Needs each
+            source's ``sample_class_stats.json``.
+        photometric: the source pipeline's colour jitter; ``target_photometric`` the
+            target's (``None``: the same). DAFormer's teacher labels undistorted images.
+        augment: extra source augmentation (colour distortion, blur, noise).
+        labelled_target: the target oracle: the *labelled* target split takes the
+            ``"source"`` slot (the supervised step reads only that slot); no RCS.
     """
     from pipa_core.data.rcs import RareClassSampler
     from pipa_core.data.uda import UDADataset
 
-    sources = build_source_datasets(spec, data_root, photometric)
-    target = build_target_dataset(spec, data_root, photometric)
-    use_rcs = spec.rcs if rcs is None else rcs
-    rcs_kwargs = dict(
-        temperature=spec.rcs_temperature,
-        min_pixels=spec.rcs_min_pixels,
-        min_crop_ratio=spec.rcs_min_crop_ratio,
-    )
-    samplers = (
-        [RareClassSampler.from_dataset(s, **rcs_kwargs) for s in sources] if use_rcs else None
-    )
+    target_photometric = photometric if target_photometric is None else target_photometric
+    if labelled_target:
+        labelled = dataclasses.replace(spec.target, labelled=True)
+        pipe = train_pipeline(
+            spec.target_scale, spec.crop_size, spec.cat_max_ratio, photometric=photometric
+        )
+        sources = [build_dataset(labelled, data_root, pipe, spec.video, spec.ref_offset)]
+        target = build_target_dataset(spec, data_root, target_photometric)
+        return UDADataset(sources, target, None, target_sampling, seed)
+    sources = build_source_datasets(spec, data_root, photometric, augment)
+    target = build_target_dataset(spec, data_root, target_photometric)
+    samplers = None
+    if spec.rcs if rcs is None else rcs:
+        samplers = [
+            RareClassSampler.from_dataset(
+                s,
+                temperature=spec.rcs_temperature,
+                min_pixels=spec.rcs_min_pixels,
+                min_crop_ratio=spec.rcs_min_crop_ratio,
+            )
+            for s in sources
+        ]
     return UDADataset(sources, target, samplers, target_sampling, seed)
 
 

@@ -36,8 +36,9 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
-from pipa_core.data.labels import CLASSES, IGNORE_INDEX, NUM_CLASSES
 from pipa_core.eval.features import _class_filter, flatten_pixels, iter_pixel_embeddings
+from pipa_core.eval.metrics import format_value
+from pipa_core.labels import CLASSES, IGNORE_INDEX, NUM_CLASSES
 
 POOLED = "all"
 
@@ -217,16 +218,16 @@ class CCDResult:
         return pd.DataFrame(rows)
 
     def to_markdown(self, title: str = "") -> str:
-        """Table with one row per domain and one column per class (``-`` for absent), plus the mean."""
-        names = [CLASSES[i] for i in self.class_ids]
+        """One row per class and a last row with the mean, one column per domain (so the
+        table stays narrow); absent classes show :data:`~pipa_core.eval.metrics.ABSENT`."""
+        domains = list(self.ccd)
         lines = [f"**{title}**", ""] if title else []
-        lines += ["| domain | " + " | ".join(names) + " | mean |", "|---" * (len(names) + 2) + "|"]
-        for dom, vals in self.ccd.items():
-            cells = [
-                "-" if not torch.isfinite(vals[i]) else f"{float(vals[i]):.3f}"
-                for i in self.class_ids
-            ]
-            lines.append(f"| {dom} | " + " | ".join(cells) + f" | {self.mean(dom):.3f} |")
+        lines += ["| class | " + " | ".join(domains) + " |", "|---" * (len(domains) + 1) + "|"]
+        for i in self.class_ids:
+            cells = [format_value(float(self.ccd[d][i]), 3) for d in domains]
+            lines.append(f"| {CLASSES[i]} | " + " | ".join(cells) + " |")
+        means = [format_value(self.mean(d), 3) for d in domains]
+        lines.append("| **mean** | " + " | ".join(f"**{m}**" for m in means) + " |")
         return "\n".join(lines)
 
 

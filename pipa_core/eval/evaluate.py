@@ -34,11 +34,8 @@ def predict_logits(
     if mode == "slide":
         if crop_size is None:
             raise ValueError("slide inference needs crop_size=(H, W) (e.g. the training crop)")
-        crop_size = tuple(crop_size)
-        stride = (
-            tuple(stride) if stride is not None else tuple(max(1, 2 * c // 3) for c in crop_size)
-        )
-        kwargs.update(crop_size=crop_size, stride=stride)
+        # stride None: the model's default, half the window (pipa_core.models.inference)
+        kwargs.update(crop_size=tuple(crop_size), stride=tuple(stride) if stride else None)
     return model.predict(img, **kwargs)
 
 
@@ -60,7 +57,7 @@ def evaluate(
     Args:
         model: a segmentor with ``predict(img, mode=..., crop_size=..., stride=..., flip=...)``.
         loader: yields ``{"img": (B,3,H,W), "label": (B,H',W')}``.
-        protocols: class protocols (``pipa_core.data.labels.PROTOCOLS``) to report.
+        protocols: class protocols (``pipa_core.labels.PROTOCOLS``) to report.
         mode: ``"whole"`` or ``"slide"``; ``crop_size`` / ``stride`` for slide.
         max_samples: stop after this many images (None = all).
         autocast_dtype: run the forward under ``torch.autocast`` with this dtype.

@@ -17,7 +17,18 @@ from dataclasses import dataclass, field
 
 import torch
 
-from pipa_core.data.labels import CLASSES, IGNORE_INDEX, NUM_CLASSES, check_protocol
+from pipa_core.labels import CLASSES, IGNORE_INDEX, NUM_CLASSES, check_protocol
+
+#: How every table (markdown, notebooks) shows a value undefined for a class absent
+#: from the evaluated images (IoU, CCD): one marker everywhere.
+ABSENT = "n/a"
+
+
+def format_value(value: float | None, digits: int = 1) -> str:
+    """``value`` with ``digits`` decimals, or :data:`ABSENT` for ``None`` / ``nan`` / ``inf``."""
+    if value is None or not math.isfinite(float(value)):
+        return ABSENT
+    return f"{float(value):.{digits}f}"
 
 
 def confusion_matrix(

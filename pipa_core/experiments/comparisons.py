@@ -31,6 +31,7 @@ from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 from typing import Any, Optional
 
+from pipa_core.eval.metrics import format_value
 from pipa_core.io import atomic_write_json, atomic_write_text
 from pipa_core.uda.checkpoint import find_latest
 from pipa_core.uda.config import TrainConfig, apply_overrides, make_config
@@ -191,6 +192,17 @@ def default_jobs() -> int:
     return max(1, min(2, os.cpu_count() or 1))
 
 
+def expected_cost(cfg: TrainConfig) -> float:
+    """Relative training cost of ``cfg`` (student-forward equivalents), for scheduling only.
+
+    Self-training adds the teacher's forward and a second student pass; each contrastive
+    loss adds its own forward (patch / temporal crops) or head (pixel, prototype).
+    """
+    per_iter = 1.0 + (1.0 if cfg.uda.mode == "self_training" else 0.0)
+    per_iter += 0.7 * len(cfg.losses.enabled)
+    return cfg.optim.max_iters * per_iter
+
+
 def run_configs(
     configs: Sequence[TrainConfig],
     jobs: Optional[int] = None,
@@ -211,7 +223,11 @@ def run_configs(
     if jobs < 1:
         raise ValueError(f"jobs must be >= 1, got {jobs}")
     results = [finished_result(c, reuse_from) if reuse else None for c in configs]
-    todo = [i for i, r in enumerate(results) if r is None]
+    # Longest runs first: two workers then finish together instead of one waiting alone
+    # on the last long run (the results do not depend on the order).
+    todo = sorted(
+        (i for i, r in enumerate(results) if r is None), key=lambda i: -expected_cost(configs[i])
+    )
     bar = tqdm(
         total=len(configs), initial=len(configs) - len(todo), desc="runs", disable=not progress
     )
@@ -318,10 +334,7 @@ def per_class_markdown(table: dict[str, Any], digits: int = 1) -> str:
         "|---|" + "---|" * len(rows),
     ]
     for c in classes:
-        cells = [
-            "n/a" if r["per_class"].get(c) is None else f"{r['per_class'][c]:.{digits}f}"
-            for r in rows
-        ]
+        cells = [format_value(r["per_class"].get(c), digits) for r in rows]
         lines.append(f"| {c} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
 import torch
@@ -49,24 +49,15 @@ def load_run_config(run: str | os.PathLike):
 def build_segmentor_for(cfg) -> nn.Module:
     """A freshly initialised segmentor shaped like the run's (same arch, decoder, projection heads).
 
-    Built by the trainer's own ``build_student``, so HRDA runs (``hrda_*`` archs)
-    come back as multi-resolution segmentors with their scale attention.
+    Built by :func:`~pipa_core.models.build_from_config` as the trainer builds its
+    student, so HRDA runs (``hrda_*`` archs) come back as multi-resolution segmentors
+    with their scale attention.
     """
+    from pipa_core.models import build_from_config
     from pipa_core.uda.config import resolve_benchmark
-    from pipa_core.uda.hrda import build_student
 
-    m = cfg.model
-    heads = tuple(n for n in ("pixel", "patch", "temporal") if n in cfg.losses.enabled)
-    kwargs: dict = {"proj_heads": heads}
-    if m.proj_dim is not None:
-        kwargs["proj_dim"] = m.proj_dim
-    if m.decoder_channels is not None:
-        kwargs["decoder_channels"] = m.decoder_channels
     crop = resolve_benchmark(cfg).crop_size
-    return build_student(
-        m.arch, crop, m.hrda_detail_ratio, m.hrda_hr_loss_weight,
-        num_classes=19, pretrained=None, **kwargs,
-    )  # fmt: skip
+    return build_from_config(cfg.model, crop, cfg.losses.enabled, pretrained=False)
 
 
 def load_segmentor(
@@ -91,6 +82,58 @@ def load_segmentor(
     seg = build_segmentor_for(cfg)
     seg.load_state_dict(state[which])
     return seg.to(device).eval()
+
+
+def evaluate_run(
+    run: str | os.PathLike,
+    which: str = "student",
+    data_root: str | os.PathLike | None = None,
+    benchmark: str | None = None,
+    mode: str | None = None,
+    max_samples: int | None = None,
+    device: torch.device | str = "cpu",
+    progress: bool = False,
+) -> dict:
+    """Score a finished run exactly as its trainer did: the same split, full-resolution
+    labels, the run's inference mode, window, stride, flip and protocols.
+
+    With no overrides the mIoU equals the run's ``result.json``; ``benchmark``,
+    ``mode`` and ``max_samples`` change only what they name (e.g. another target).
+
+    Returns:
+        :func:`pipa_core.eval.evaluate.evaluate`'s dict plus ``"settings"`` (what was used)
+        and ``"benchmark"``.
+    """
+    from dataclasses import asdict, replace
+
+    from torch.utils.data import DataLoader
+
+    from pipa_core.data.benchmarks import build_val_dataset
+    from pipa_core.eval.evaluate import evaluate
+    from pipa_core.uda.config import resolve_benchmark, resolve_eval
+
+    cfg = load_run_config(run)
+    if benchmark is not None:
+        cfg.data.benchmark = benchmark
+    spec = resolve_benchmark(cfg)
+    settings = resolve_eval(cfg, spec)
+    if mode is not None:
+        settings = replace(settings, mode=mode)
+    if max_samples is not None:
+        settings = replace(settings, max_samples=max_samples)
+    model = load_segmentor(run, which, device=device)
+    val = build_val_dataset(spec, data_root or cfg.data.data_root, resize_label=False)
+    if settings.max_samples is not None:  # exactly the images scored, so a progress bar ends full
+        val = Subset(val, range(min(len(val), settings.max_samples)))
+    loader = DataLoader(val, batch_size=cfg.eval.batch_size)
+    if progress:
+        from tqdm.auto import tqdm
+
+        loader = tqdm(loader, desc="evaluate")
+    res = evaluate(model, loader, device=device, **settings.kwargs())
+    res["settings"] = asdict(settings)
+    res["benchmark"] = spec.name
+    return res
 
 
 def analysis_datasets(
@@ -242,21 +285,22 @@ def _parse_list(value, what: str):
     return value
 
 
-def notebook_path(name: str) -> Path:
-    """Path of ``notebooks/<name>.ipynb`` in this repository (for papermill-in-papermill runs)."""
-    path = Path(__file__).resolve().parents[2] / "notebooks" / f"{name}.ipynb"
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"{path} not found; the notebooks live in the repository checkout "
-            "(install with pip install -e . from the repository root)"
-        )
-    return path
+def seed_curves(runs: Mapping[str, Sequence[str | os.PathLike]], column: str, kind: str = "eval"):
+    """Long table ``(method, seed, iter, value)`` (a pandas DataFrame) of ``column`` from each run's ``metrics.jsonl``.
 
+    Runs without the column (e.g. pseudo-label accuracy of a supervised run) are skipped.
+    """
+    import pandas as pd
 
-def enter_repo_root() -> Path:
-    """When Jupyter starts in ``notebooks/``, move to the repository root so that
-    ``data/``, ``runs/`` and ``figures/`` mean the same as on the command line. Returns the cwd."""
-    cwd = Path.cwd()
-    if cwd.name == "notebooks" and (cwd.parent / "pyproject.toml").is_file():
-        os.chdir(cwd.parent)
-    return Path.cwd()
+    rows = []
+    for method, dirs in runs.items():
+        for seed, run in enumerate(dirs):
+            log = read_metrics(run, kind=kind)
+            if column not in log.columns:
+                continue
+            for it, v in zip(log["iter"], log[column]):
+                if pd.notna(v):
+                    rows.append(
+                        {"method": method, "seed": seed, "iter": int(it), "value": float(v)}
+                    )
+    return pd.DataFrame(rows, columns=["method", "seed", "iter", "value"])

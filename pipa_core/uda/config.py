@@ -28,7 +28,7 @@ from typing import Any, Dict, List, Optional, Tuple
 
 import yaml
 
-from pipa_core.data.labels import PROTOCOLS, THING_CLASSES
+from pipa_core.labels import PROTOCOLS, THING_CLASSES
 
 LOSS_NAMES = ("pixel", "patch", "temporal", "prototype")
 UDA_MODES = ("self_training", "source_only", "oracle")
@@ -666,6 +666,44 @@ def resolve_benchmark(cfg: TrainConfig):
     if d.ref_offset is not None:
         changes["ref_offset"] = d.ref_offset
     return dataclasses.replace(spec, **changes) if changes else spec
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalSettings:
+    """How a run is scored: the one protocol the trainer, ``evaluate_run`` and the
+    notebooks share. Labels are always read at full resolution (the published protocol)."""
+
+    mode: str  # "whole" or "slide"
+    crop_size: tuple[int, int]  # slide window (the training crop unless eval.crop_size)
+    stride: Optional[tuple[int, int]]  # slide step; None = half the window (models.inference)
+    flip: bool
+    protocols: tuple[str, ...]  # class protocols, the first is the headline mIoU
+    max_samples: Optional[int]
+
+    def kwargs(self) -> dict[str, Any]:
+        """Keyword arguments of :func:`pipa_core.eval.evaluate.evaluate`."""
+        return {
+            "protocols": self.protocols,
+            "mode": self.mode,
+            "crop_size": self.crop_size,
+            "stride": self.stride,
+            "flip": self.flip,
+            "max_samples": self.max_samples,
+        }
+
+
+def resolve_eval(cfg: TrainConfig, spec=None) -> EvalSettings:
+    """The run's evaluation protocol: ``cfg.eval`` with the benchmark's defaults filled in."""
+    spec = spec if spec is not None else resolve_benchmark(cfg)
+    e = cfg.eval
+    return EvalSettings(
+        mode=e.mode,
+        crop_size=tuple(e.crop_size) if e.crop_size else tuple(spec.crop_size),
+        stride=tuple(e.stride) if e.stride else None,
+        flip=bool(e.flip),
+        protocols=tuple(e.protocols or spec.protocols),
+        max_samples=e.max_samples,
+    )
 
 
 def pseudo_crop_rows(cfg: TrainConfig, spec) -> tuple[int, int]:

@@ -13,7 +13,6 @@ iterator never consumes the global torch RNG.
 
 from __future__ import annotations
 
-import dataclasses
 import itertools
 from collections.abc import Iterator
 
@@ -30,45 +29,19 @@ def build_datasets(cfg: TrainConfig, spec) -> tuple[Dataset, Dataset]:
     Self-training and source-only runs train on UDA pairs ``{"source", "target"}``.
     The target oracle trains on *labelled* target images: its pairs carry the
     labelled target split in the ``"source"`` slot (the supervised step reads
-    only that slot).
+    only that slot). Both come from :func:`pipa_core.data.benchmarks.build_train_dataset`.
     """
-    from pipa_core.data.benchmarks import (
-        build_dataset,
-        build_source_datasets,
-        build_target_dataset,
-        build_val_dataset,
-    )
-    from pipa_core.data.rcs import RareClassSampler
-    from pipa_core.data.transforms import SourceAugment, train_pipeline
-    from pipa_core.data.uda import UDADataset
+    from pipa_core.data.benchmarks import build_train_dataset, build_val_dataset
+    from pipa_core.data.transforms import SourceAugment
 
     d = cfg.data
     root = d.data_root
-    target = build_target_dataset(spec, root, d.target_photometric)
-    if cfg.uda.mode == "oracle":
-        labelled = dataclasses.replace(spec.target, labelled=True)
-        pipe = train_pipeline(
-            spec.target_scale, spec.crop_size, spec.cat_max_ratio, photometric=d.photometric
-        )
-        sources = [build_dataset(labelled, root, pipe, spec.video, spec.ref_offset)]
-        samplers = None
-    else:
-        augment = SourceAugment(
-            d.color_distortion, d.source_blur, d.source_noise, d.source_ratio_range
-        )
-        sources = build_source_datasets(spec, root, d.photometric, augment)
-        samplers = None
-        if spec.rcs:
-            samplers = [
-                RareClassSampler.from_dataset(
-                    s,
-                    temperature=spec.rcs_temperature,
-                    min_pixels=spec.rcs_min_pixels,
-                    min_crop_ratio=spec.rcs_min_crop_ratio,
-                )
-                for s in sources
-            ]
-    train = UDADataset(sources, target, samplers, "random", cfg.runtime.seed)
+    augment = SourceAugment(d.color_distortion, d.source_blur, d.source_noise, d.source_ratio_range)
+    train = build_train_dataset(
+        spec, root, cfg.runtime.seed, photometric=d.photometric,
+        target_photometric=d.target_photometric, augment=augment,
+        labelled_target=cfg.uda.mode == "oracle",
+    )  # fmt: skip
     # Labels keep their full resolution and evaluate() upsamples the logits to it:
     # the protocol behind the published numbers (e.g. Cityscapes scored at 2048x1024).
     val = build_val_dataset(spec, root, resize_label=False)
