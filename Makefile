@@ -32,6 +32,14 @@ format: $(STAMP)
 	$(VENV)/bin/ruff format .
 	$(VENV)/bin/ruff check --fix .
 
+# The notebooks' source is notebooks/<name>.py (jupytext percent scripts); this writes
+# each paired .ipynb from it, keeping cell ids and never adding outputs.
+.PHONY: notebooks
+notebooks: $(STAMP)
+	$(VENV)/bin/ruff format notebooks
+	$(VENV)/bin/jupytext --to ipynb --update notebooks/[a-z]*.py
+	$(VENV)/bin/jupyter nbconvert --clear-output --inplace --log-level=WARN notebooks/*.ipynb
+
 # Speed / memory benchmarks (docs/performance.md): results in benchmarks/results/, summary.md.
 .PHONY: bench
 bench: $(STAMP)
