@@ -235,7 +235,8 @@ def test_quickstart_command_runs_the_notebook(data_root, tmp_path, monkeypatch):
     assert (out / "results.md").is_file() and (out / "quickstart.ipynb").is_file()
     for f in ("dataset_card", "quickstart_curves", "quickstart_per_class", "quickstart_pseudo_labels",
               "quickstart_predictions"):  # fmt: skip
-        assert (tmp_path / "figures" / f"{f}.png").stat().st_size > 0, f
+        assert (out / "figures" / f"{f}.png").stat().st_size > 0, f
+    assert not (tmp_path / "figures").exists()  # nothing written outside the run directory
     executed = nbformat.read(out / "quickstart.ipynb", as_version=4)
     assert len(_outputs(executed, "image/png")) >= 5
 
