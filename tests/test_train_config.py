@@ -6,9 +6,7 @@ import json
 
 import pytest
 
-from pipa_core.data.benchmarks import BENCHMARKS
-from pipa_core.train import main as cli_main
-from pipa_core.uda.config import (
+from pipa_core.config import (
     METHODS,
     ConfigError,
     TrainConfig,
@@ -21,6 +19,8 @@ from pipa_core.uda.config import (
     resolve_benchmark,
     validate_config,
 )
+from pipa_core.data.benchmarks import BENCHMARKS
+from pipa_core.train import main as cli_main
 
 
 def test_every_benchmark_has_presets_that_validate():
@@ -169,9 +169,36 @@ def test_cli_reports_config_errors_and_prints_config(capsys):
 
 def test_string_overrides_keep_yaml_keywords_as_text():
     """``--set runtime.amp=off`` must stay the string "off" (YAML would read it as False)."""
-    from pipa_core.uda.config import apply_overrides, get_preset, validate_config
+    from pipa_core.config import apply_overrides, get_preset, validate_config
 
     cfg = apply_overrides(get_preset("synthetic_pipa"), ["runtime.amp=off", "runtime.run_dir=null"])
     assert cfg.runtime.amp == "off" and cfg.runtime.run_dir is None
     validate_config(cfg)  # "off" is a valid amp mode
     assert apply_overrides(cfg, ["runtime.amp=bf16"]).runtime.amp == "bf16"
+
+
+def test_each_section_checks_its_own_fields():
+    from pipa_core.config import DataConfig, EvalConfig, OptimConfig, RuntimeConfig, UDAConfig
+
+    assert OptimConfig().check() == [] and UDAConfig().check() == []
+    assert [e.split("=")[0] for e in OptimConfig(lr=-1, max_iters=0).check()] == [
+        "optim.lr",
+        "optim.max_iters",
+    ]
+    assert "uda.teacher_bn" in UDAConfig(teacher_bn="frozen").check()[0]
+    assert "data.batch_size" in DataConfig(batch_size=0).check()[0]
+    assert "eval.mode" in EvalConfig(mode="tiles").check()[0]
+    assert "runtime.amp" in RuntimeConfig(amp="fp8").check()[0]
+    # the whole config reports every section's problems at once
+    cfg = apply_overrides(get_preset("synthetic_pipa"), ["optim.lr=-1", "eval.batch_size=0"])
+    with pytest.raises(ConfigError, match=r"(?s)optim\.lr=-1\.0.*eval\.batch_size=0"):
+        validate_config(cfg)
+
+
+def test_a_fractional_integer_is_an_error_not_truncated():
+    with pytest.raises(ConfigError, match="optim.max_iters: expected an integer, got 1.5"):
+        apply_overrides(get_preset("synthetic_pipa"), ["optim.max_iters=1.5"])
+    assert (
+        apply_overrides(get_preset("synthetic_pipa"), ["optim.max_iters=2e3"]).optim.max_iters
+        == 2000
+    )

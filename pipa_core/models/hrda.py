@@ -53,6 +53,7 @@ __all__ = [
     "crop_to_box",
     "detail_size_for",
     "fuse_scales",
+    "hrda_arch",
     "is_hrda_arch",
     "sample_detail_box",
 ]
@@ -532,3 +533,8 @@ class HRDASegmentor(Segmentor):
 def is_hrda_arch(arch: str) -> bool:
     """Whether ``arch`` names an HRDA segmentor (``hrda_<base arch>``)."""
     return arch.startswith(HRDA_PREFIX)
+
+
+def hrda_arch(arch: str) -> str:
+    """``arch`` with the ``hrda_`` prefix (unchanged if it already has it)."""
+    return arch if is_hrda_arch(arch) else HRDA_PREFIX + arch

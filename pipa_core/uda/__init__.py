@@ -5,7 +5,7 @@ Start with :func:`train` and :func:`make_config` / :func:`get_preset`; the
 command line is ``python -m pipa_core.train`` (docs/training.md).
 """
 
-from pipa_core.uda.config import (
+from pipa_core.config import (
     METHODS,
     ConfigError,
     DataConfig,

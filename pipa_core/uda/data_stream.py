@@ -19,7 +19,7 @@ from collections.abc import Iterator
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
-from pipa_core.uda.config import TrainConfig
+from pipa_core.config import TrainConfig
 from pipa_core.uda.distributed import DistInfo
 
 

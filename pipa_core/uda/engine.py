@@ -1,6 +1,6 @@
 """The training engine: everything one iteration needs, built in one place.
 
-:meth:`Engine.build` turns a validated :class:`~pipa_core.uda.config.TrainConfig`
+:meth:`Engine.build` turns a validated :class:`~pipa_core.config.TrainConfig`
 and its resolved benchmark into the networks (student, EMA teacher, feature
 distance, loss modules), the optimizer and schedule, mixed precision and the step's
 context; :meth:`Engine.step` runs one iteration: the training step (forward and
@@ -22,7 +22,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from pipa_core.uda.config import TrainConfig, patch_crop_size, pseudo_crop_rows
+from pipa_core.config import TrainConfig, patch_crop_size, pseudo_crop_rows
+from pipa_core.labels import NUM_CLASSES
 from pipa_core.uda.distributed import (
     DistInfo,
     average_buffers,
@@ -91,7 +92,7 @@ def build_networks(cfg: TrainConfig, spec, device: torch.device) -> tuple[nn.Mod
     if "pixel" in lc.enabled:
         p = lc.pixel
         losses["pixel"] = PixelContrastLoss(
-            p.temperature, p.max_anchors, p.max_views, memory_bank=bank(p.memory_size, 19)
+            p.temperature, p.max_anchors, p.max_views, memory_bank=bank(p.memory_size, NUM_CLASSES)
         )
     if "patch" in lc.enabled:
         p = lc.patch
@@ -106,7 +107,7 @@ def build_networks(cfg: TrainConfig, spec, device: torch.device) -> tuple[nn.Mod
     if "prototype" in lc.enabled:
         p = lc.prototype
         losses["prototype"] = PrototypeContrastLoss(
-            19, student.feat_channels, p.temperature, p.momentum, max_pixels=p.max_pixels
+            NUM_CLASSES, student.feat_channels, p.temperature, p.momentum, max_pixels=p.max_pixels
         ).to(device)
     teacher = None
     if cfg.uda.mode == "self_training":

@@ -28,9 +28,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from pipa_core.config import TrainConfig
 from pipa_core.data.base import HIDDEN_LABEL
 from pipa_core.labels import IGNORE_INDEX
-from pipa_core.uda.config import TrainConfig
 from pipa_core.uda.distributed import unwrap
 from pipa_core.uda.feature_distance import FeatureDistance
 from pipa_core.uda.mixing import mix, mix_batch, strong_augment

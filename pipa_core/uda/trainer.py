@@ -23,14 +23,14 @@ from typing import Any, Callable, Optional
 
 import torch
 
-from pipa_core.io import atomic_torch_save, atomic_write_json
-from pipa_core.uda import checkpoint as ckpt
-from pipa_core.uda.config import (
+from pipa_core.config import (
     TrainConfig,
     resolve_benchmark,
     resolve_eval,
     validate_config,
 )
+from pipa_core.io import atomic_torch_save, atomic_write_json
+from pipa_core.uda import checkpoint as ckpt
 from pipa_core.uda.data_stream import BatchStream, build_datasets, val_loader
 from pipa_core.uda.distributed import (
     DistInfo,

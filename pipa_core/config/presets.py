@@ -1,0 +1,252 @@
+"""Presets: method recipes and the benchmark schedules they run on.
+
+:func:`make_config` builds ``<benchmark>_<method>`` (:func:`get_preset`,
+:func:`preset_names`): a schedule (the real benchmarks' DAFormer / PiPa one,
+HRDA's, or the CPU tutorial's on the embedded benchmark) and then a method
+recipe from :data:`METHODS` (each recipe is a configuration change only).
+
+HRDA's schedule. Facts from HRDA (Hoyer et al., 2022, configs ``gtaHR2csHR_hrda.py``) and PiPa's
+HRDA configs (``configs/pipa/*HR2csHR_hrda.py``):
+
+* data at twice DAFormer's scales: GTA 2560x1440, SYNTHIA 2560x1520, Cityscapes
+  2048x1024; 1024x1024 context crops; 512x512 detail crops; LR scale 0.5;
+* detail loss weight 0.1 (fused 0.9); class-wise scale attention;
+* rare class sampling with ``min_crop_ratio = 2.0`` (the crops hold 4x the pixels);
+* pseudo-label margins 30 rows at the top, 240 at the bottom (DAFormer's 15 / 120
+  at twice the resolution);
+* ImageNet feature distance on the LR features;
+* test: 1024x1024 sliding windows at stride 512 over the 1024x2048 image;
+* PiPa on HRDA: 60k iterations, pixel + patch contrast (α = β = 0.1), 720x720 patches.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pipa_core.config.overrides import apply_overrides
+from pipa_core.config.schema import TrainConfig
+from pipa_core.config.typed import ConfigError
+from pipa_core.models.hrda import hrda_arch
+
+__all__ = [
+    "HRDA_CONTEXT_CROP",
+    "METHODS",
+    "SYNTHETIC_BENCHMARKS",
+    "apply_hrda_schedule",
+    "get_preset",
+    "make_config",
+    "preset_names",
+]
+
+#: Context crop ``(H, W)`` at full resolution (real benchmarks).
+HRDA_CONTEXT_CROP = (1024, 1024)
+#: PiPa's schedule on HRDA (configs/pipa/*_hrda.py: ``max_iters=60000``).
+HRDA_ITERS = 60000
+#: PiPa's patch-contrast crop side.
+HRDA_PATCH_CROP = 720
+#: HRDA's RCS crop acceptance (relative to ``min_pixels``; DAFormer's 0.5 at half resolution).
+HRDA_RCS_MIN_CROP_RATIO = 2.0
+
+
+# --------------------------------------------------------------------------- methods
+def _source_only(c: TrainConfig) -> None:
+    c.uda.mode = "source_only"
+    c.uda.fd_lambda = 0.0
+    c.losses.enabled = ()
+
+
+def _oracle(c: TrainConfig) -> None:
+    c.uda.mode = "oracle"
+    c.uda.fd_lambda = 0.0
+    c.data.rcs = False  # target labels are not prepared for RCS statistics
+    c.losses.enabled = ()
+
+
+def _dacs(c: TrainConfig) -> None:
+    c.uda.mode = "self_training"
+    c.uda.mix = "classmix"
+    c.uda.fd_lambda = 0.0
+    c.data.rcs = False
+    c.losses.enabled = ()
+
+
+def _daformer(c: TrainConfig) -> None:
+    _dacs(c)
+    c.uda.fd_lambda = 0.005
+    c.data.rcs = None  # the benchmark's choice (on for the synthetic-to-real benchmarks)
+
+
+def _pipa(c: TrainConfig) -> None:
+    _daformer(c)
+    c.losses.enabled = ("pixel", "patch")
+
+
+def _pipa_pp(c: TrainConfig) -> None:
+    _pipa(c)
+    c.losses.enabled = ("pixel", "patch", "temporal")
+    c.losses.pixel.memory_size = 1000  # PiPa++ semantic-aware memory bank
+
+
+def _spcl(c: TrainConfig) -> None:
+    _daformer(c)
+    c.losses.enabled = ("prototype",)
+
+
+def _hrda(c: TrainConfig) -> None:
+    # PiPa on HRDA (the paper's best setting); the data schedule is set in make_config.
+    _pipa(c)
+    c.model.arch = hrda_arch(c.model.arch)
+
+
+#: Method recipes: name -> function that switches a config to that method.
+METHODS = {
+    "source_only": _source_only,
+    "oracle": _oracle,
+    "dacs": _dacs,
+    "daformer": _daformer,
+    "pipa": _pipa,
+    "pipa_pp": _pipa_pp,
+    "spcl": _spcl,
+    "hrda": _hrda,
+}
+
+
+def _real_schedule(c: TrainConfig, benchmark: str, method: str) -> None:
+    """DAFormer 40k or PiPa 60k iterations for a real benchmark (MiT-B5, 512x512 crops).
+
+    The benchmark supplies scales, crop, protocols and pseudo-label crop rows. PiPa's
+    640x640 crops belong to its HRDA setting (full-resolution Cityscapes); with the
+    DAFormer scales used here (Cityscapes 1024x512) the crop stays 512x512.
+    """
+    c.data.benchmark = benchmark
+    c.model.arch = "daformer_mit_b5"
+    c.optim.max_iters = 60000 if method in ("pipa", "pipa_pp") else 40000
+    c.data.batch_size = 2
+    c.data.num_workers = 4
+    c.eval.interval = 4000
+    c.eval.mode = "slide"
+    c.losses.patch.crop_size = 576  # 9/8 of the crop, as 720 for PiPa's 640 crops
+
+
+#: The embedded benchmarks (still images; sequences for temporal contrast).
+SYNTHETIC_BENCHMARKS = ("synthetic", "synthetic_seq")
+
+
+def _synthetic_schedule(c: TrainConfig) -> None:
+    """The CPU tutorial on the embedded benchmark (docs/training.md, "The CPU tutorial protocol").
+
+    MiT-B0 with a 32-channel DAFormer head on 2 + 2 crops of 128x128, trained from
+    random weights (no ImageNet offline). Every method starts from the shipped
+    warm start (a source model) and trains the same schedule from it.
+    """
+    c.data.benchmark = "synthetic"
+    c.data.batch_size = 2
+    c.data.num_workers = 0
+    # In place of ImageNet robustness: SimCLR's colour distortion and blur and sensor
+    # noise on the source crops (a from-scratch model otherwise learns colour -> class).
+    c.data.color_distortion = 1.0
+    c.data.source_blur = 0.5
+    c.data.source_noise = 0.03
+    c.model.arch = "daformer_mit_b0"
+    c.model.decoder_channels = 32  # the DAFormer head dominates the cost at 64 (x2 per step)
+    c.model.proj_dim = 32
+    c.model.init_from = "synthetic_warm_start"
+    # A tiny model trained from scratch: lr chosen on the in-domain source val split
+    # (6e-4 learns slower; 4e-3 no better than 2e-3); the same for every phase.
+    c.optim.lr = 2e-3
+    c.optim.max_iters = 500
+    c.optim.warmup_iters = 50
+    # DAFormer's threshold; an EMA horizon of ~100 steps for a 500-step adaptation
+    # (0.999 averages over more steps than the run has: the teacher would stay the
+    # warm start). Chosen from the pseudo-label accuracy curves (docs/training.md).
+    c.uda.ema_alpha = 0.99
+    c.uda.pseudo_threshold = 0.968
+    c.losses.patch.crop_size = 96
+    c.losses.pixel.max_anchors = 512
+    c.losses.patch.max_locations = 512
+    c.losses.patch.num_negatives = 1024
+    c.eval.interval = 100  # learning curves
+    c.eval.mode = "whole"
+    c.runtime.log_interval = 20
+    c.runtime.checkpoint_interval = 100
+    c.runtime.keep_checkpoint_interval = 0
+    c.runtime.image_interval = 250
+
+
+def make_config(benchmark: str, method: str = "pipa", **sections: Any) -> TrainConfig:
+    """Preset for ``benchmark`` (``pipa_core.data.benchmarks.BENCHMARKS``) and ``method`` (:data:`METHODS`).
+
+    ``sections`` are per-section overrides, e.g.
+    ``make_config("synthetic", "dacs", optim={"max_iters": 50})``.
+    """
+    if method not in METHODS:
+        raise ConfigError(f"unknown method {method!r}; valid methods: {', '.join(METHODS)}")
+    from pipa_core.data.benchmarks import BENCHMARKS
+
+    if benchmark not in BENCHMARKS:
+        raise ConfigError(f"unknown benchmark {benchmark!r}; valid: {', '.join(BENCHMARKS)}")
+    c = TrainConfig(name=f"{benchmark}_{method}", method=method)
+    synthetic = benchmark in SYNTHETIC_BENCHMARKS
+    if synthetic:
+        _synthetic_schedule(c)
+        c.data.benchmark = benchmark
+    else:
+        _real_schedule(c, benchmark, method)
+    METHODS[method](c)
+    if method == "hrda" and not synthetic:
+        apply_hrda_schedule(c, BENCHMARKS[benchmark])
+    if synthetic:
+        # No ImageNet weights offline: the frozen "ImageNet" encoder would be random.
+        c.uda.fd_lambda = 0.0
+        # Rare class sampling for every method that reads source labels (DAFormer's RCS),
+        # so DACS and PiPa differ only in PiPa's losses; the oracle reads target labels.
+        c.data.rcs = c.uda.mode != "oracle"
+    flat = {f"{s}.{k}": v for s, kv in sections.items() for k, v in kv.items()}
+    return apply_overrides(c, flat) if flat else c
+
+
+def preset_names() -> list[str]:
+    """All preset names ``<benchmark>_<method>`` (PiPa++ only where frames exist)."""
+    from pipa_core.data.benchmarks import BENCHMARKS
+
+    names = []
+    for b, spec in BENCHMARKS.items():
+        for m in METHODS:
+            if m == "pipa_pp" and not spec.video:
+                continue
+            names.append(f"{b}_{m}")
+    return names
+
+
+def get_preset(name: str) -> TrainConfig:
+    """The preset called ``name`` (e.g. ``gta2cs_pipa``, ``synthetic_dacs``)."""
+    names = preset_names()
+    if name not in names:
+        raise ConfigError(f"unknown preset {name!r}; valid presets: {', '.join(names)}")
+    for m in sorted(METHODS, key=len, reverse=True):
+        if name.endswith("_" + m):
+            return make_config(name[: -len(m) - 1], m)
+    raise AssertionError(name)  # unreachable: every name is <benchmark>_<method>
+
+
+# --------------------------------------------------------------------------- HRDA
+def apply_hrda_schedule(c: Any, spec: Any) -> None:
+    """Switch a real-benchmark :class:`~pipa_core.config.TrainConfig` to HRDA's data setting.
+
+    Doubles the benchmark's (DAFormer) resize scales and crop (1024x1024 context
+    crops of 2048x1024 Cityscapes), sets HRDA's RCS crop ratio, the sliding-window
+    evaluation (crop = the context crop, stride half of it), PiPa's 720x720
+    patches and 60k iterations. ``spec`` is the benchmark's ``BenchmarkSpec``.
+    Multi-source benchmarks with different source scales keep one shared scale
+    (the first source's), as ``data.source_scale`` applies to every source.
+    """
+    c.model.arch = hrda_arch(c.model.arch)
+    c.data.crop_size = tuple(2 * s for s in spec.crop_size)
+    c.data.source_scale = tuple(2 * s for s in spec.source_scales[0])
+    c.data.target_scale = tuple(2 * s for s in spec.target_scale)
+    c.data.rcs_min_crop_ratio = HRDA_RCS_MIN_CROP_RATIO
+    c.optim.max_iters = HRDA_ITERS
+    c.eval.mode = "slide"
+    c.eval.crop_size = c.data.crop_size
+    c.eval.stride = tuple(s // 2 for s in c.data.crop_size)
+    c.losses.patch.crop_size = HRDA_PATCH_CROP
