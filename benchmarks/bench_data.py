@@ -280,7 +280,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     batches = args.batches or (2 if args.smoke else 10)
     repeats = args.repeats or (1 if args.smoke else 5)
 
-    from pipa_core.uda import config as uda_config
+    from pipa_core import config as uda_config
     from pipa_core.uda.data_stream import build_datasets
 
     tmp = None

@@ -46,8 +46,8 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
+from pipa_core.config import apply_overrides, make_config, resolve_benchmark  # noqa: E402
 from pipa_core.io import atomic_write_json, atomic_write_text  # noqa: E402
-from pipa_core.uda.config import apply_overrides, make_config, resolve_benchmark  # noqa: E402
 from pipa_core.uda.distributed import DistInfo  # noqa: E402
 from pipa_core.uda.engine import Engine  # noqa: E402
 

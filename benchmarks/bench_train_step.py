@@ -76,8 +76,8 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import benchutil as bu  # noqa: E402
 
+from pipa_core import config as uda_config  # noqa: E402
 from pipa_core.labels import IGNORE_INDEX  # noqa: E402
-from pipa_core.uda import config as uda_config  # noqa: E402
 from pipa_core.uda import step as uda_step  # noqa: E402
 from pipa_core.uda.distributed import DistInfo  # noqa: E402
 from pipa_core.uda.engine import Engine  # noqa: E402

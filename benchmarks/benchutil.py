@@ -127,7 +127,7 @@ def reexec_for_rss(device: str) -> None:
 
 def quickstart_model() -> tuple[str, dict[str, Any]]:
     """``(arch, build_segmentor kwargs)`` of the quickstart preset (``synthetic_pipa``) as it is now."""
-    from pipa_core.uda.config import make_config
+    from pipa_core.config import make_config
 
     m = make_config("synthetic", "pipa").model
     kwargs = {k: v for k, v in (("decoder_channels", m.decoder_channels),

@@ -54,8 +54,8 @@ from pipa_core.experiments.notebook import notebook_setup
 notebook_setup(num_threads)  # repository root as cwd (data/, runs/, figures/), threads, display
 
 # %%
+from pipa_core.config import resolve_benchmark
 from pipa_core.experiments.runs import analysis_datasets, load_run_config, load_segmentor
-from pipa_core.uda.config import resolve_benchmark
 from pipa_core.uda.distributed import resolve_device
 
 dev = resolve_device(device)

@@ -47,9 +47,9 @@ notebook_setup(num_threads)  # repository root as cwd (data/, runs/, figures/), 
 # %%
 from torch.utils.data import Subset
 
+from pipa_core.config import resolve_benchmark, resolve_eval
 from pipa_core.data.benchmarks import build_val_dataset
 from pipa_core.experiments.runs import evaluate_run, load_run_config, load_segmentor
-from pipa_core.uda.config import resolve_benchmark, resolve_eval
 from pipa_core.uda.distributed import resolve_device
 
 dev = resolve_device(device)

@@ -60,7 +60,7 @@ notebook_setup(num_threads)  # repository root as cwd (data/, runs/, figures/), 
 # %% [markdown]
 # ## 1. The configuration
 #
-# The preset fixes every hyper-parameter of the papers (DESIGN.md §4); the
+# The preset fixes every hyper-parameter of the papers (docs/training.md); the
 # parameters above change only what they name. The full configuration is saved
 # as `config.json` / `config.yaml` in the run directory.
 

@@ -56,9 +56,9 @@ from pipa_core.experiments.notebook import notebook_setup
 notebook_setup(num_threads)  # repository root as cwd (data/, runs/, figures/), threads, display
 
 # %%
+from pipa_core.config import resolve_benchmark
 from pipa_core.data.benchmarks import build_frame_pairs_dataset
 from pipa_core.experiments.runs import make_run_config
-from pipa_core.uda.config import resolve_benchmark
 from pipa_core.uda.distributed import resolve_device
 
 dev = resolve_device(device)

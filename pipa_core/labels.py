@@ -47,7 +47,7 @@ def class_index(names: list[str] | tuple[str, ...]) -> tuple[int, ...]:
     return tuple(out)
 
 
-#: Evaluation protocols: which train IDs enter the mean IoU (DESIGN.md section 3).
+#: Evaluation protocols: which train IDs enter the mean IoU (the papers' class subsets).
 PROTOCOLS: dict[str, tuple[int, ...]] = {
     # GTA5 -> Cityscapes and every 19-class benchmark.
     "cs19": tuple(range(NUM_CLASSES)),
@@ -99,7 +99,7 @@ PROTOCOLS: dict[str, tuple[int, ...]] = {
     ),  # fmt: skip
 }
 
-#: DAFormer's "thing" classes used by the ImageNet feature distance (DESIGN.md section 4).
+#: DAFormer's "thing" classes used by the ImageNet feature distance.
 THING_CLASSES: tuple[int, ...] = (6, 7, 11, 12, 13, 14, 15, 16, 17, 18)
 
 

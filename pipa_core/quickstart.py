@@ -31,7 +31,7 @@ def notebook_parameters(args: argparse.Namespace) -> dict:
     """The papermill parameters of ``quickstart.ipynb`` for the parsed command line."""
     overrides = list(args.set)
     if args.max_iters is not None:
-        from pipa_core.uda.config import make_config
+        from pipa_core.config import make_config
 
         warmup = make_config("synthetic", "pipa").optim.warmup_iters
         overrides.append(f"optim.max_iters={args.max_iters}")

@@ -19,7 +19,7 @@ import logging
 import sys
 from pathlib import Path
 
-from pipa_core.uda.config import (
+from pipa_core.config import (
     ConfigError,
     TrainConfig,
     apply_overrides,

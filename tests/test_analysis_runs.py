@@ -115,3 +115,31 @@ def test_analysis_datasets_follow_the_run_config(tmp_path):
     assert [len(capped[k]) for k in ("source", "target")] == [2, 2]
     # the same image twice: no random augmentation
     assert torch.equal(data["target"][1]["img"], data["target"][1]["img"])
+
+
+def test_seed_curves_read_every_run_and_the_plot_shows_mean_and_band(tmp_path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from pipa_core.experiments.runs import seed_curves
+    from pipa_core.viz.curves import plot_seed_curves
+
+    runs = {}
+    for method, base in (("A", 10.0), ("B", 20.0)):
+        runs[method] = []
+        for seed in range(2):
+            run = tmp_path / method / f"seed{seed}"
+            run.mkdir(parents=True)
+            rows = [{"kind": "train", "iter": 10, "loss": 1.0}]
+            rows += [{"kind": "eval", "iter": it, "mIoU": base + it / 10 + seed} for it in (10, 20)]
+            (run / "metrics.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+            runs[method].append(run)
+    df = seed_curves(runs, "mIoU")
+    assert len(df) == 8 and set(df["method"]) == {"A", "B"}
+    assert seed_curves(runs, "pseudo_acc", kind="train").empty  # a column no run has
+    ax = plot_seed_curves(df, start=5.0)
+    (line_a, line_b) = ax.get_lines()
+    assert list(line_a.get_xdata()) == [0, 10, 20]  # the shared start at iteration 0
+    assert list(line_a.get_ydata()) == [5.0, 11.5, 12.5]  # mean over the two seeds
+    assert list(line_b.get_ydata())[1:] == [21.5, 22.5]
+    assert "2 seeds" in line_a.get_label()

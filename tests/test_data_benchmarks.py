@@ -154,8 +154,8 @@ def _find_window(crop: torch.Tensor, images: list[torch.Tensor]):
 
 
 def test_synthetic_target_is_not_distorted_and_carries_its_hidden_label(tmp_path):
+    from pipa_core.config import apply_overrides, make_config, resolve_benchmark
     from pipa_core.data.synthetic import SyntheticDataset, ensure_synthetic
-    from pipa_core.uda.config import apply_overrides, make_config, resolve_benchmark
     from pipa_core.uda.data_stream import build_datasets
 
     root = ensure_synthetic(tmp_path / "synthetic", size="tiny")
@@ -180,8 +180,8 @@ def test_synthetic_target_is_not_distorted_and_carries_its_hidden_label(tmp_path
 
 
 def test_synthetic_pseudo_label_crop_covers_the_target_hood():
+    from pipa_core.config import make_config, pseudo_crop_rows, resolve_benchmark
     from pipa_core.data.synthetic import generate_scene
-    from pipa_core.uda.config import make_config, pseudo_crop_rows, resolve_benchmark
 
     cfg = make_config("synthetic", "dacs")
     top, bottom = pseudo_crop_rows(cfg, resolve_benchmark(cfg))

@@ -7,11 +7,7 @@ import json
 import pytest
 import torch
 
-from pipa_core.data.synthetic import ensure_synthetic
-from pipa_core.losses.segmentation import segmentation_ce
-from pipa_core.models import build_segmentor
-from pipa_core.models.hrda import HRDASegmentor
-from pipa_core.uda.config import (
+from pipa_core.config import (
     ConfigError,
     apply_overrides,
     get_preset,
@@ -20,6 +16,10 @@ from pipa_core.uda.config import (
     resolve_benchmark,
     validate_config,
 )
+from pipa_core.data.synthetic import ensure_synthetic
+from pipa_core.losses.segmentation import segmentation_ce
+from pipa_core.models import build_segmentor
+from pipa_core.models.hrda import HRDASegmentor
 from pipa_core.uda.trainer import Trainer
 
 

@@ -6,14 +6,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from pipa_core.config import ModelConfig
 from pipa_core.data.synthetic import SyntheticDataset, ensure_synthetic
 from pipa_core.labels import IGNORE_INDEX
 from pipa_core.losses import PatchContrastLoss, PixelContrastLoss, sample_patch_pair
 from pipa_core.models import build_from_config
-from pipa_core.models.hrda import HRDASegmentor, detail_size_for
-from pipa_core.uda.config import ModelConfig
+from pipa_core.models.hrda import HRDASegmentor, detail_size_for, hrda_arch
 from pipa_core.uda.ema import build_teacher, ema_alpha, ema_update
-from pipa_core.uda.hrda import hrda_arch
 from pipa_core.uda.mixing import mix_batch, strong_augment
 from pipa_core.uda.optim import build_optimizer
 from pipa_core.uda.pseudo_label import make_pseudo_label

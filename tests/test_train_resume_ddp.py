@@ -14,9 +14,9 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
+from pipa_core.config import TrainConfig, apply_overrides, get_preset
 from pipa_core.data.synthetic import ensure_synthetic
 from pipa_core.uda.checkpoint import load_checkpoint
-from pipa_core.uda.config import TrainConfig, apply_overrides, get_preset
 from pipa_core.uda.trainer import train
 
 REPO = Path(__file__).resolve().parents[1]

@@ -11,10 +11,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from pipa_core.config import apply_overrides, get_preset, resolve_benchmark
 from pipa_core.data.synthetic import ensure_synthetic
 from pipa_core.eval.evaluate import evaluate
 from pipa_core.uda.checkpoint import load_checkpoint
-from pipa_core.uda.config import apply_overrides, get_preset, resolve_benchmark
 from pipa_core.uda.trainer import NonFiniteLossError, Trainer, train
 
 # A tiny MiT-B0 / DAFormer model and one thread (robust on a loaded 2-core CI machine).
@@ -304,7 +304,7 @@ def test_warm_start_initialises_every_tensor_but_the_projection_heads(synthetic_
 
 
 def test_missing_warm_start_is_a_config_error_naming_the_fix(synthetic_root, tmp_path):
-    from pipa_core.uda.config import ConfigError, validate_config
+    from pipa_core.config import ConfigError, validate_config
 
     cfg = synthetic_config(
         "dacs", synthetic_root, tmp_path / "run", "model.init_from=/nonexistent/w.pt"

@@ -1,4 +1,4 @@
-"""Confusion-matrix mIoU over a whole split (DESIGN.md section 3).
+"""Confusion-matrix mIoU over a whole split (the Cityscapes protocol, checked against cityscapesscripts).
 
 One confusion matrix accumulates every pixel of the split; IoU per class is
 ``TP / (TP + FP + FN)`` from it (not a mean of per-image IoUs). A class absent

@@ -1,4 +1,4 @@
-"""Published mIoU numbers to print beside ours (DESIGN.md section 4).
+"""Published mIoU numbers to print beside ours (from the papers' tables).
 
 All values are mIoU in percent on the Cityscapes (-Seq) validation set, as
 reported by the papers. Only the mean is published in the sources kept in
@@ -23,7 +23,7 @@ class PublishedResult:
 
 
 _P = PublishedResult
-#: Benchmark preset name -> published results (DESIGN.md section 4).
+#: Benchmark preset name -> published results.
 PUBLISHED: dict[str, tuple[PublishedResult, ...]] = {
     "gta2cs": (
         _P("DAFormer", "gta2cs", "cs19", 68.3, "MiT-B5", "Hoyer et al., CVPR 2022"),

@@ -31,10 +31,10 @@ from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 from typing import Any, Optional
 
+from pipa_core.config import TrainConfig, apply_overrides, make_config
 from pipa_core.eval.metrics import format_value
 from pipa_core.io import atomic_write_json, atomic_write_text
 from pipa_core.uda.checkpoint import find_latest
-from pipa_core.uda.config import TrainConfig, apply_overrides, make_config
 
 #: Row labels of the table.
 METHOD_LABELS = {
@@ -352,7 +352,7 @@ def run_quickstart_table(
     """Train every method for every seed on the synthetic benchmark and write the results table.
 
     Args:
-        methods: method presets (:data:`pipa_core.uda.config.METHODS`).
+        methods: method presets (:data:`pipa_core.config.METHODS`).
         seeds: one run per seed.
         out_dir: runs go to ``out_dir/<method>/seed<k>``; the table to ``out_dir/results.{json,md}``.
         data_root: where the synthetic benchmark is (generated on first use).

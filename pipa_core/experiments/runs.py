@@ -34,8 +34,8 @@ def _resolve_checkpoint(run: str | os.PathLike) -> Path:
 
 
 def load_run_config(run: str | os.PathLike):
-    """The :class:`~pipa_core.uda.config.TrainConfig` of a run directory or checkpoint file."""
-    from pipa_core.uda.config import TrainConfig
+    """The :class:`~pipa_core.config.TrainConfig` of a run directory or checkpoint file."""
+    from pipa_core.config import TrainConfig
 
     p = Path(run)
     if p.is_dir() and (p / "config.json").is_file():
@@ -53,8 +53,8 @@ def build_segmentor_for(cfg) -> nn.Module:
     student, so HRDA runs (``hrda_*`` archs) come back as multi-resolution segmentors
     with their scale attention.
     """
+    from pipa_core.config import resolve_benchmark
     from pipa_core.models import build_from_config
-    from pipa_core.uda.config import resolve_benchmark
 
     crop = resolve_benchmark(cfg).crop_size
     return build_from_config(cfg.model, crop, cfg.losses.enabled, pretrained=False)
@@ -108,9 +108,9 @@ def evaluate_run(
 
     from torch.utils.data import DataLoader
 
+    from pipa_core.config import resolve_benchmark, resolve_eval
     from pipa_core.data.benchmarks import build_val_dataset
     from pipa_core.eval.evaluate import evaluate
-    from pipa_core.uda.config import resolve_benchmark, resolve_eval
 
     cfg = load_run_config(run)
     if benchmark is not None:
@@ -166,7 +166,7 @@ def analysis_datasets(
     if isinstance(cfg, str):
         spec, root = get_benchmark(cfg), data_root or "data"
     else:
-        from pipa_core.uda.config import resolve_benchmark
+        from pipa_core.config import resolve_benchmark
 
         spec, root = resolve_benchmark(cfg), data_root or cfg.data.data_root
     ref = spec.sources[0] if source_split is None else replace(spec.sources[0], split=source_split)
@@ -238,7 +238,7 @@ def make_run_config(
     eval_max_samples: int | None = None,
     overrides: Sequence[str] | dict = (),
 ):
-    """A :class:`~pipa_core.uda.config.TrainConfig` from notebook-style parameters.
+    """A :class:`~pipa_core.config.TrainConfig` from notebook-style parameters.
 
     Starts from the preset ``<benchmark>_<method>`` and applies, in order: the
     ablation switch ``losses`` (``None`` keeps the method's losses, ``[]`` turns
@@ -246,7 +246,7 @@ def make_run_config(
     run directory (default ``runs/<benchmark>_<method>[_<losses>]_s<seed>``),
     device, evaluation subset, then free ``section.key=value`` ``overrides``.
     """
-    from pipa_core.uda.config import apply_overrides, make_config
+    from pipa_core.config import apply_overrides, make_config
 
     # papermill's ``-p losses '["pixel"]'`` passes a string: read it as YAML / JSON.
     losses = _parse_list(losses, "losses")

@@ -15,6 +15,7 @@ from typing import Any, Mapping, Optional, Sequence, Union
 
 from torch import nn
 
+from pipa_core.labels import NUM_CLASSES
 from pipa_core.models import mit
 from pipa_core.models.decoders import DAFormerHead, SegFormerHead
 from pipa_core.models.deeplabv2 import ASPPClassifier, ResNetEncoder
@@ -57,7 +58,7 @@ def _segformer_channels(mit_name: str) -> int:
 
 def build_segmentor(
     arch: str,
-    num_classes: int = 19,
+    num_classes: int = NUM_CLASSES,
     pretrained: Optional[Union[str, os.PathLike]] = None,
     proj_heads: Sequence[str] = ("pixel", "patch"),
     proj_dim: int = 256,
@@ -141,7 +142,7 @@ def build_from_config(
     model: Any,
     crop_size: Sequence[int],
     enabled_losses: Sequence[str] = (),
-    num_classes: int = 19,
+    num_classes: int = NUM_CLASSES,
     pretrained: bool = True,
     channels_last: bool = False,
 ) -> Segmentor:

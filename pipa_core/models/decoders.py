@@ -18,6 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from pipa_core.labels import NUM_CLASSES
+
 __all__ = ["ConvBNReLU", "DAFormerHead", "SegFormerHead", "SeparableASPP"]
 
 
@@ -137,7 +139,7 @@ class DAFormerHead(_ClassifierMixin):
     def __init__(
         self,
         in_channels: Sequence[int],
-        num_classes: int = 19,
+        num_classes: int = NUM_CLASSES,
         channels: int = 256,
         embed_dim: int | None = None,
         dilations: Sequence[int] = (1, 6, 12, 18),
@@ -168,7 +170,7 @@ class SegFormerHead(_ClassifierMixin):
     def __init__(
         self,
         in_channels: Sequence[int],
-        num_classes: int = 19,
+        num_classes: int = NUM_CLASSES,
         channels: int = 256,
         dropout: float = 0.1,
     ):

@@ -14,6 +14,8 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from pipa_core.labels import NUM_CLASSES
+
 __all__ = ["ASPPClassifier", "ResNetEncoder"]
 
 _STAGES = ("layer1", "layer2", "layer3", "layer4")
@@ -72,7 +74,10 @@ class ASPPClassifier(nn.Module):
     """
 
     def __init__(
-        self, in_channels: int, num_classes: int = 19, dilations: Sequence[int] = (6, 12, 18, 24)
+        self,
+        in_channels: int,
+        num_classes: int = NUM_CLASSES,
+        dilations: Sequence[int] = (6, 12, 18, 24),
     ):
         super().__init__()
         self.channels = in_channels
