@@ -15,6 +15,7 @@ from pipa_core.config import apply_overrides, get_preset, resolve_benchmark
 from pipa_core.data.synthetic import ensure_synthetic
 from pipa_core.eval.evaluate import evaluate
 from pipa_core.uda.checkpoint import load_checkpoint
+from pipa_core.uda.step import StepOutput
 from pipa_core.uda.trainer import NonFiniteLossError, Trainer, train
 
 # A tiny MiT-B0 / DAFormer model and one thread (robust on a loaded 2-core CI machine).
@@ -177,11 +178,62 @@ def test_nonfinite_loss_is_skipped_then_stops_the_run(synthetic_root, tmp_path):
     assert all(torch.equal(snapshots[1][k], snapshots[2][k]) for k in snapshots[1])
     assert any(not torch.equal(snapshots[2][k], snapshots[3][k]) for k in snapshots[2])
     ck = load_checkpoint(tmp_path / "run")
-    # The last checkpoint is from before the fatal streak ended and holds finite weights.
-    assert ck["iteration"] == 5 and ck["skipped_steps"] == 2
+    # No checkpoint is written during a streak: the newest is from before the fatal one.
+    assert ck["iteration"] == 4 and ck["skipped_steps"] == 1
     assert all(torch.isfinite(v).all() for v in ck["student"].values() if v.is_floating_point())
     rows = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert rows[1]["skipped_steps"] == 1
+
+
+@pytest.mark.parametrize(
+    ("method", "extra"),
+    [
+        ("dacs", ()),
+        ("pipa", ("losses.pixel.memory_size=8", "losses.patch.memory_size=64")),
+        ("spcl", ()),
+    ],
+)
+@pytest.mark.parametrize("domain", ["source", "target"])
+def test_a_nan_pixel_leaves_no_trace(synthetic_root, tmp_path, method, extra, domain):
+    """One NaN pixel in one input image: the run ends bitwise equal to a run that skipped
+    that batch (BatchNorm statistics, teacher, memory banks, prototypes, RNG untouched)."""
+
+    def run(name: str, poison: bool):
+        cfg = synthetic_config(
+            method, synthetic_root, tmp_path / name, "optim.max_iters=5",
+            "runtime.max_nonfinite=3", "runtime.checkpoint_interval=1", *extra,
+        )  # fmt: skip
+        trainer = Trainer(cfg)
+        real_step = trainer.step_fn
+
+        def step(batch, nets, cfg, ctx):
+            if trainer.iteration != 2:
+                return real_step(batch, nets, cfg, ctx)
+            if not poison:  # the reference: this batch is skipped before anything runs
+                nan = torch.tensor(float("nan"), requires_grad=True)
+                return StepOutput(nan * 1.0, {"loss": float("nan")}, {})
+            batch[domain]["img"][1, 0, 5, 7] = float("nan")
+            return real_step(batch, nets, cfg, ctx)
+
+        trainer.step_fn = step
+        result = trainer.fit()
+        return trainer, result
+
+    poisoned, res_p = run("poisoned", True)
+    skipped, res_s = run("skipped", False)
+    assert res_p["skipped_steps"] == res_s["skipped_steps"] == 1 and res_p["finished"]
+    for a, b in [
+        (poisoned.student.state_dict(), skipped.student.state_dict()),
+        (poisoned.nets.teacher.state_dict(), skipped.nets.teacher.state_dict()),
+        *[(poisoned.nets.losses[k].state_dict(), skipped.nets.losses[k].state_dict())
+          for k in poisoned.nets.losses],
+    ]:  # fmt: skip
+        assert a.keys() == b.keys()
+        for k in a:
+            assert torch.equal(a[k], b[k]), k
+    assert res_p["mIoU"] == res_s["mIoU"]
+    log = (tmp_path / "poisoned" / "metrics.jsonl").read_text()
+    assert "NaN" not in log and "Infinity" not in log  # a rejected step adds nothing to the logs
 
 
 class _ColourModel(nn.Module):

@@ -24,6 +24,7 @@ from torch import nn
 
 from pipa_core.config import TrainConfig, patch_crop_size, pseudo_crop_rows
 from pipa_core.labels import NUM_CLASSES
+from pipa_core.uda import checkpoint as ckpt
 from pipa_core.uda.distributed import (
     DistInfo,
     average_buffers,
@@ -55,6 +56,23 @@ def resolve_amp(amp: str, device: torch.device) -> Optional[torch.dtype]:
     if amp == "auto":
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
     return {"bf16": torch.bfloat16, "fp16": torch.float16}[amp]
+
+
+def describe_fault(out: StepOutput, batch: dict) -> str:
+    """Which loss terms and which input images of a rejected step were non-finite."""
+    terms = [f"{k}={v}" for k, v in out.logs.items() if not math.isfinite(v)]
+    inputs = [
+        f"{dom}.{key}[{i}]"
+        for dom, sample in batch.items()
+        if isinstance(sample, dict)
+        for key in ("img", "img_ref")
+        if torch.is_tensor(sample.get(key))
+        for i in torch.nonzero(~torch.isfinite(sample[key]).flatten(1).all(1)).flatten().tolist()
+    ]
+    parts = [f"loss terms {', '.join(terms) or 'finite (the gradients were not)'}"]
+    if inputs:
+        parts.append(f"non-finite pixels in the input images {', '.join(inputs)}")
+    return "; ".join(parts)
 
 
 def build_networks(cfg: TrainConfig, spec, device: torch.device) -> tuple[nn.Module, Networks]:
@@ -138,6 +156,8 @@ class Engine:
     amp_dtype: Optional[torch.dtype]
     generator: torch.Generator
     ctx: StepContext
+    #: why the last step was rejected (None after an applied step)
+    last_fault: Optional[str] = None
 
     @classmethod
     def build(cls, cfg: TrainConfig, spec, info: Optional[DistInfo] = None) -> Engine:
@@ -190,17 +210,69 @@ class Engine:
     ) -> tuple[StepOutput, bool]:
         """One iteration at ``iteration`` (0-based): step, backward, clip, optimizer, EMA, schedule.
 
-        Returns the step's output and whether the update was applied (``False``: the loss
-        or the gradients were non-finite on some rank, and nothing was changed but the
-        schedule, which always advances so a skipped step keeps the run's length).
+        Returns the step's output and whether the update was applied. ``False``: the loss,
+        the gradients or a state the forward writes (BatchNorm statistics, memory banks,
+        prototypes) was non-finite on some rank; then everything the step touched, the
+        RNG states included, is restored, so the run continues exactly as if it had
+        skipped the batch (only the schedule advances, keeping the run's length), and
+        :attr:`last_fault` says what was non-finite.
         """
+        before = self._capture()
         out = step_fn(batch, self.nets, self.cfg, self.ctx)
         applied = self.optimizer_step(out)
-        self.sync_buffers()
+        if applied and not self._states_finite():
+            # a finite loss, but a forward wrote NaN / Inf into a BatchNorm statistic,
+            # a memory bank or a prototype (e.g. a NaN pixel seen only by the teacher)
+            applied = False
+            self.optimizer.zero_grad(set_to_none=True)
+            self.last_fault = "non-finite running statistics or memory after the forward"
+        elif applied:
+            self.last_fault = None
+        else:
+            self.last_fault = describe_fault(out, batch)
         if applied:
+            self.sync_buffers()
             self.update_teacher(iteration)
+        else:
+            self._restore(before)  # as if the batch had never been seen
         self.scheduler.step()
         return out, applied
+
+    # ---- rollback of a rejected step: everything a forward may write, and the RNGs
+    def _stateful(self) -> list[nn.Module]:
+        mods = [self.student, self.nets.teacher, self.nets.feature_distance]
+        return [m for m in mods if m is not None]
+
+    def _capture(self) -> dict[str, Any]:
+        """Copies of what a forward changes besides the parameters: module buffers (BatchNorm
+        statistics), loss-module state (memory banks, prototypes), the RNG states."""
+        return {
+            "buffers": [b.detach().clone() for m in self._stateful() for b in m.buffers()],
+            "losses": {
+                k: {n: v.clone() for n, v in m.state_dict().items()}
+                for k, m in self.nets.losses.items()
+            },
+            "rng": ckpt.capture_rng_state(),
+            "generator": self.generator.get_state(),
+        }
+
+    def _restore(self, state: dict[str, Any]) -> None:
+        live = [b for m in self._stateful() for b in m.buffers()]
+        with torch.no_grad():
+            for b, saved in zip(live, state["buffers"]):
+                b.copy_(saved)
+        for k, m in self.nets.losses.items():
+            m.load_state_dict(state["losses"][k])
+        ckpt.restore_rng_state(state["rng"])
+        self.generator.set_state(state["generator"])
+
+    def _states_finite(self) -> bool:
+        """Whether every floating buffer and loss state is finite on every rank."""
+        tensors = [b for m in self._stateful() for b in m.buffers()]
+        tensors += [v for m in self.nets.losses.values() for v in m.state_dict().values()]
+        flags = [torch.isfinite(t).all() for t in tensors if t.is_floating_point()]
+        ok = bool(torch.stack(flags).all()) if flags else True
+        return not broadcast_flag(not ok, self.device)
 
     def sync_buffers(self) -> None:
         """Average BatchNorm statistics over ranks (DDP syncs gradients, not buffers)."""
