@@ -48,6 +48,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--resume", action="store_true", help="continue from <run-dir>/checkpoints/latest.pt"
     )
+    p.add_argument(
+        "--allow-config-change", action="store_true",
+        help="let --resume continue with a changed configuration (recorded in config_changes.json)",
+    )  # fmt: skip
     p.add_argument("--stop-after", type=int, help="checkpoint and stop after this iteration")
     p.add_argument("--list-presets", action="store_true", help="print the preset names and exit")
     p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
@@ -71,7 +75,9 @@ def resolve_config(args: argparse.Namespace) -> TrainConfig:
         extra.append(f"runtime.run_dir={args.run_dir}")
     if args.resume:
         extra.append("runtime.resume=true")
-    if args.stop_after:
+    if args.allow_config_change:
+        extra.append("runtime.allow_config_change=true")
+    if args.stop_after is not None:  # 0 is rejected by the config check, not ignored
         extra.append(f"runtime.stop_after={args.stop_after}")
     elif args.resume and not any(o.startswith("runtime.stop_after=") for o in args.overrides):
         # A resumed run drops the stop point saved with it unless a new one is given.
@@ -95,11 +101,19 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    from pipa_core.data.base import DatasetError
+    from pipa_core.uda.checkpoint import CheckpointError
     from pipa_core.uda.distributed import cleanup
     from pipa_core.uda.trainer import train
 
     try:
         result = train(cfg)
+    except ConfigError as exc:  # a usage error: exit 2, as argparse does
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except (DatasetError, CheckpointError) as exc:  # data on disk: exit 1
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     finally:
         cleanup()
     summary = {k: result[k] for k in ("run_dir", "iterations", "finished") if k in result}

@@ -199,3 +199,51 @@ def test_sigterm_checkpoints_and_exits(tmp_path):
     logged = [int(r.split('"iter": ')[1].split(",")[0]) for r in metrics.read_text().splitlines()]
     assert ck["iteration"] >= 1 and ck["iteration"] == max(logged)
     assert "checkpointed at iteration" in err
+
+
+def _hang_worker(rank: int, world: int, port: int, cfg_dict: dict, out_dir: str) -> None:
+    """Rank 1 stops itself (SIGSTOP, a hung process) at iteration 1; rank 0 reports."""
+    os.environ.update(
+        MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
+        WORLD_SIZE=str(world), LOCAL_RANK=str(rank),
+    )  # fmt: skip
+    from pipa_core.uda.distributed import DistributedTimeoutError
+    from pipa_core.uda.trainer import Trainer
+
+    trainer = Trainer(TrainConfig.from_dict(cfg_dict))
+    real_step = trainer.step_fn
+
+    def step(batch, nets, cfg, ctx):
+        if rank == 1 and trainer.iteration == 1:
+            os.kill(os.getpid(), signal.SIGSTOP)
+        return real_step(batch, nets, cfg, ctx)
+
+    trainer.step_fn = step
+    try:
+        trainer.fit()
+        message = "finished"
+    except DistributedTimeoutError as exc:
+        message = str(exc)
+    (Path(out_dir) / f"rank{rank}.txt").write_text(message)
+
+
+@pytest.mark.slow
+def test_a_hung_peer_makes_the_other_rank_stop_with_a_message(tmp_path):
+    ensure_synthetic(tmp_path / "data" / "synthetic", size="tiny")
+    cfg = tiny_pipa(
+        tmp_path / "data", "optim.max_iters=4", "data.batch_size=1", "data.rcs=false",
+        "runtime.ddp_timeout_s=5", f"runtime.run_dir={tmp_path / 'run'}",
+    )  # fmt: skip
+    ctx = mp.spawn(
+        _hang_worker, args=(2, _free_port(), cfg.to_dict(), str(tmp_path)), nprocs=2, join=False
+    )
+    rank0, rank1 = ctx.processes
+    rank0.join(timeout=300)  # rank 0 gives up after 5 s in its next collective
+    try:
+        assert rank0.exitcode == 0
+        message = (tmp_path / "rank0.txt").read_text()
+        assert "rank 0 of 2" in message and "runtime.ddp_timeout_s=5 s" in message
+        assert "another rank stopped answering" in message and "runtime.resume=true" in message
+    finally:
+        os.kill(rank1.pid, signal.SIGKILL)
+        rank1.join(timeout=30)

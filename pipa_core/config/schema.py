@@ -396,7 +396,12 @@ class RuntimeConfig:
     max_nonfinite: int = 5  # consecutive non-finite losses before the run stops
     find_unused_parameters: bool = False  # DDP; needed only for custom heads used conditionally
     sync_bn: bool = True  # SyncBatchNorm for BatchNorm models (DeepLab-v2) under DDP on CUDA
+    # DDP: seconds a collective may wait for the other ranks before this rank gives up
+    # (torch's default is 30 minutes; a hung peer should not hold a job that long)
+    ddp_timeout_s: float = 300.0
     resume: bool = False  # continue from run_dir/checkpoints/latest.pt if it exists
+    # let a resume change the run's configuration (recorded in run_dir/config_changes.json)
+    allow_config_change: bool = False
     stop_after: Optional[int] = None  # checkpoint and stop after this iteration (tests, budgets)
     num_threads: Optional[int] = None  # torch.set_num_threads on CPU
 
@@ -405,6 +410,18 @@ class RuntimeConfig:
         errs = []
         if self.amp not in AMP_MODES:
             errs.append(f"runtime.amp={self.amp!r} is unknown; valid: {', '.join(AMP_MODES)}")
+        if self.device != "auto":
+            import torch
+
+            try:
+                torch.device(self.device)
+            except RuntimeError:
+                errs.append(
+                    f"runtime.device={self.device!r} is not a device; use auto, cpu, cuda or "
+                    "cuda:<index>"
+                )
+        if self.ddp_timeout_s <= 0:
+            errs.append(f"runtime.ddp_timeout_s={self.ddp_timeout_s} must be > 0 (seconds)")
         if self.max_nonfinite < 1:
             errs.append(f"runtime.max_nonfinite={self.max_nonfinite} must be >= 1")
         for k in (

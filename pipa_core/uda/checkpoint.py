@@ -11,6 +11,7 @@ save plus ``iter_XXXXXXX.pt`` every ``keep_every`` iterations.
 
 from __future__ import annotations
 
+import pickle
 import random
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,10 @@ import torch
 from pipa_core.io import atomic_torch_save
 
 LATEST = "latest.pt"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file that cannot be read; the message names the file and what to do."""
 
 
 def capture_rng_state() -> dict[str, Any]:
@@ -103,7 +108,26 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
             f"no checkpoint at {path}; pass a run directory containing checkpoints/latest.pt "
             "or the path of a .pt file written by pipa_core training"
         )
-    return torch.load(path, map_location=map_location, weights_only=True)
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as exc:
+        raise CheckpointError(
+            f"{path} was refused: it holds objects a weights-only load does not run "
+            f"({str(exc).splitlines()[0]}). pipa_core checkpoints hold only tensors and plain "
+            "values; load files only from sources you trust."
+        ) from None
+    except (RuntimeError, EOFError, OSError) as exc:
+        kept = sorted(path.parent.glob("iter_*.pt"))
+        hint = (
+            f"an earlier kept checkpoint is {kept[-1]}: copy it to {path} to resume from it"
+            if kept
+            else "no earlier iter_*.pt is kept next to it; start the run again"
+        )
+        raise CheckpointError(
+            f"{path} cannot be read as a checkpoint ({type(exc).__name__}: "
+            f"{str(exc).splitlines()[0]}); it is truncated or not a pipa_core checkpoint. "
+            f"{hint[0].upper() + hint[1:]}."
+        ) from None
 
 
 def find_latest(run_dir: str | Path) -> Path | None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from datetime import timedelta
 
 import torch
 import torch.distributed as dist
@@ -50,11 +51,15 @@ def resolve_device(device: str = "auto", local_rank: int = 0) -> torch.device:
     return dev
 
 
-def init_distributed(device: str = "auto", backend: str | None = None) -> DistInfo:
+def init_distributed(
+    device: str = "auto", backend: str | None = None, timeout_s: float = 300.0
+) -> DistInfo:
     """Initialise the default process group from torchrun's environment variables.
 
     Returns a :class:`DistInfo`; a single process without ``WORLD_SIZE > 1`` gets
     rank 0 of 1 and no process group. Calling it again reuses the existing group.
+    ``timeout_s`` bounds every collective: a rank whose peer stops answering raises
+    instead of waiting (torch's default would be 30 minutes).
     """
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
@@ -65,8 +70,20 @@ def init_distributed(device: str = "auto", backend: str | None = None) -> DistIn
             torch.cuda.set_device(dev)
         if not dist.is_initialized():
             backend = backend or ("nccl" if dev.type == "cuda" else "gloo")
-            dist.init_process_group(backend=backend, rank=rank, world_size=world)
+            dist.init_process_group(
+                backend=backend, rank=rank, world_size=world, timeout=timedelta(seconds=timeout_s)
+            )
     return DistInfo(rank, world, local_rank, dev)
+
+
+class DistributedTimeoutError(RuntimeError):
+    """A collective waited longer than ``runtime.ddp_timeout_s``: a peer stopped answering."""
+
+
+def is_timeout(exc: BaseException) -> bool:
+    """Whether a collective's exception is a timeout (gloo and NCCL word it differently)."""
+    text = str(exc).lower()
+    return "timed out" in text or "timeout" in text or "watchdog" in text
 
 
 def cleanup() -> None:

@@ -13,6 +13,7 @@ and ``runtime.resume=true`` continues from the last checkpoint.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import signal
@@ -24,6 +25,7 @@ from typing import Any, Callable, Optional
 import torch
 
 from pipa_core.config import (
+    ConfigError,
     TrainConfig,
     resolve_benchmark,
     resolve_eval,
@@ -34,10 +36,12 @@ from pipa_core.uda import checkpoint as ckpt
 from pipa_core.uda.data_stream import BatchStream, build_datasets, val_loader
 from pipa_core.uda.distributed import (
     DistInfo,
+    DistributedTimeoutError,
     all_reduce_mean,
     barrier,
     broadcast_flag,
     init_distributed,
+    is_timeout,
 )
 from pipa_core.uda.engine import Engine
 from pipa_core.uda.run_logger import RunLogger
@@ -48,6 +52,51 @@ log = logging.getLogger(__name__)
 
 class NonFiniteLossError(RuntimeError):
     """Too many consecutive non-finite losses / gradients; the last good checkpoint is kept."""
+
+
+#: Fields a resumed run may change freely: where and how it runs and logs, not what it
+#: trains (the seed, the schedule, the data and the model must match the checkpoint).
+RESUMABLE_CHANGES = ("name", "method", "data.data_root", "data.num_workers", "eval.interval",
+                     "eval.batch_size")  # fmt: skip
+
+
+def config_changes(saved: dict, now: dict, prefix: str = "") -> list[tuple[str, Any, Any]]:
+    """``(field, saved value, new value)`` for every difference that a resume must not make
+    silently: anything but ``runtime.*`` (``runtime.seed`` excepted) and
+    :data:`RESUMABLE_CHANGES`."""
+    out = []
+    for k in sorted(set(saved) | set(now)):
+        key = f"{prefix}{k}"
+        a, b = saved.get(k), now.get(k)
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += config_changes(a, b, key + ".")
+        elif (
+            a != b
+            and key not in RESUMABLE_CHANGES
+            and not (key.startswith("runtime.") and key != "runtime.seed")
+        ):
+            out.append((key, a, b))
+    return out
+
+
+def check_run_dir(run_dir: Path, is_main: bool = True) -> None:
+    """A usable run directory: not a file, creatable and writable (raises ConfigError)."""
+    if run_dir.exists() and not run_dir.is_dir():
+        raise ConfigError(
+            f"runtime.run_dir={run_dir} is a file, not a directory; choose another --run-dir"
+        )
+    if not is_main:
+        return
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        probe = run_dir / ".write_test"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        raise ConfigError(
+            f"runtime.run_dir={run_dir} is not writable ({exc.strerror}); choose a directory "
+            "you can write to (--run-dir) or fix its permissions"
+        ) from None
 
 
 class Trainer:
@@ -68,10 +117,14 @@ class Trainer:
             os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
             torch.use_deterministic_algorithms(True, warn_only=True)
             torch.backends.cudnn.benchmark = False
-        self.info: DistInfo = init_distributed(r.device)
+        self.info: DistInfo = init_distributed(r.device, timeout_s=r.ddp_timeout_s)
         self.device = self.info.device
         self.run_dir = cfg.resolved_run_dir
         self.spec = resolve_benchmark(cfg)
+        # What a user can get wrong is checked before the (slow) model building.
+        check_run_dir(self.run_dir, self.info.is_main)
+        resume_state = self._read_resume_state() if r.resume else None
+        train_set, self.val_set = build_datasets(cfg, self.spec)
 
         self.engine = Engine.build(cfg, self.spec, self.info)
         e = self.engine  # the trainer's names for the engine's parts (same objects)
@@ -79,7 +132,6 @@ class Trainer:
         self.scheduler, self.scaler, self.amp_dtype = e.scheduler, e.scaler, e.amp_dtype
         self.generator, self.ctx = e.generator, e.ctx
 
-        train_set, self.val_set = build_datasets(cfg, self.spec)
         self.stream = BatchStream(
             train_set, cfg.data.batch_size, self.info, r.seed, cfg.data.num_workers
         )
@@ -91,8 +143,10 @@ class Trainer:
         self.skipped_steps = 0
         self.step_fn: Callable[..., StepOutput] = training_step
         self._stop_signal: Optional[int] = None
-        if r.resume:
-            self.resume()
+        if resume_state is not None:
+            self.resume(resume_state)
+        elif r.resume:
+            log.warning("runtime.resume: no checkpoint in %s; starting from scratch", self.run_dir)
         elif ckpt.find_latest(self.run_dir) is not None and self.info.is_main:
             log.warning(
                 "%s already holds a checkpoint; starting from scratch and overwriting it "
@@ -126,7 +180,17 @@ class Trainer:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore a :meth:`state_dict` (RNG states are per process; see :meth:`save`)."""
-        self.student.load_state_dict(state["student"])
+        try:
+            self.student.load_state_dict(state["student"])
+        except RuntimeError as exc:
+            lines = [x.strip() for x in str(exc).splitlines() if "size mismatch" in x]
+            saved = state.get("config", {}).get("model", {}).get("arch")
+            raise ConfigError(
+                f"the checkpoint's weights do not fit model.arch={self.cfg.model.arch!r} "
+                f"(it was written by model.arch={saved!r}): {len(lines)} tensors differ in "
+                f"shape, e.g. {lines[0] if lines else str(exc).splitlines()[0]}. Resume with "
+                "the checkpoint's own model settings."
+            ) from None
         if self.nets.teacher is not None:
             if state["teacher"] is None:
                 raise ValueError("the checkpoint has no teacher (it is from a supervised run)")
@@ -163,13 +227,43 @@ class Trainer:
             ckpt.save_checkpoint(state, self.run_dir, keep=keep)
         barrier()
 
-    def resume(self) -> bool:
-        """Continue from ``run_dir/checkpoints/latest.pt`` if present (returns whether it did)."""
+    def _read_resume_state(self) -> Optional[dict[str, Any]]:
+        """The checkpoint to resume from (None: there is none), after checking that it is the
+        run this config describes (:func:`config_changes`)."""
         path = ckpt.find_latest(self.run_dir)
         if path is None:
-            log.warning("runtime.resume: no checkpoint in %s; starting from scratch", self.run_dir)
-            return False
-        state = ckpt.load_checkpoint(path, map_location=self.device)
+            return None
+        state = ckpt.load_checkpoint(path, map_location="cpu")
+        changes = config_changes(state.get("config", {}), self.cfg.to_dict())
+        if changes and not self.cfg.runtime.allow_config_change:
+            listed = "\n  - ".join(
+                f"{k}: {old!r} in the checkpoint, {new!r} now" for k, old, new in changes
+            )
+            raise ConfigError(
+                f"--resume of {path} with a different configuration:\n  - {listed}\n"
+                "Resume with the run's own configuration (python -m pipa_core.train --run-dir "
+                f"{self.run_dir} --resume, no --preset / --set), start a new run directory, "
+                "or pass --allow-config-change (runtime.allow_config_change=true) to continue "
+                "with the new values; the change is then recorded in config_changes.json."
+            )
+        if changes and self.info.is_main:
+            for k, old, new in changes:
+                log.warning("resume with a changed configuration: %s %r -> %r", k, old, new)
+            record = self.run_dir / "config_changes.json"
+            history = json.loads(record.read_text()) if record.is_file() else []
+            history.append(
+                {
+                    "iteration": int(state["iteration"]),
+                    "changes": [{"field": k, "old": o, "new": n} for k, o, n in changes],
+                }
+            )
+            atomic_write_json(record, history)
+        state["path"] = str(path)
+        return state
+
+    def resume(self, state: dict[str, Any]) -> None:
+        """Continue from a checkpoint read by :meth:`_read_resume_state`."""
+        path = state.pop("path")  # read on the CPU: load_state_dict copies to the device
         if int(state.get("world_size", 1)) != self.info.world_size:
             log.warning(
                 "resuming a %s-process run on %s processes: the data order will differ",
@@ -188,7 +282,6 @@ class Trainer:
             self.stream.load_state_dict(own["data"])
         if self.info.is_main:
             log.info("resumed from %s at iteration %d", path, self.iteration)
-        return True
 
     # ------------------------------------------------------------------ pieces
     def evaluate(self) -> dict[str, Any]:
@@ -228,7 +321,7 @@ class Trainer:
         )  # fmt: skip
         old_handlers = self._install_signal_handlers()
         sums: dict[str, float] = {}
-        count, t0, t_start = 0, time.perf_counter(), time.perf_counter()
+        count, good, t0, t_start = 0, 0, time.perf_counter(), time.perf_counter()
         evals: list[dict] = []
         signalled = False
         self.student.train()
@@ -243,34 +336,39 @@ class Trainer:
                     self.nonfinite_streak += 1
                     self.skipped_steps += 1
                     log.warning(
-                        "iteration %d: non-finite loss or gradient (loss terms %s); step skipped "
-                        "(%d in a row, limit runtime.max_nonfinite=%d)",
-                        it, out.logs, self.nonfinite_streak, r.max_nonfinite,
+                        "iteration %d: step rejected and undone (%s); %d in a row, limit "
+                        "runtime.max_nonfinite=%d",
+                        it, self.engine.last_fault, self.nonfinite_streak, r.max_nonfinite,
                     )  # fmt: skip
                     if self.nonfinite_streak >= r.max_nonfinite:
                         raise NonFiniteLossError(
-                            f"{self.nonfinite_streak} consecutive non-finite steps at iteration {it}; "
-                            f"stopping. The last good checkpoint is kept in {self.run_dir / 'checkpoints'}. "
-                            "Lower optim.lr, set optim.grad_clip, or try runtime.amp=off, then resume "
-                            "with runtime.resume=true."
+                            f"{self.nonfinite_streak} consecutive non-finite steps at iteration {it} "
+                            f"({self.engine.last_fault}); stopping. Every rejected step was undone "
+                            f"and the last good checkpoint is kept in {self.run_dir / 'checkpoints'}. "
+                            "Likely causes: corrupt input images (NaN / Inf pixels; check the "
+                            "dataset files the log names), a learning rate too high for the model "
+                            "(lower optim.lr or set optim.grad_clip), or fp16 overflow (try "
+                            "runtime.amp=bf16 or off). Then resume with runtime.resume=true."
                         )
                 self.iteration = it + 1
                 bar.update(1)
 
-                for k, v in out.logs.items():
-                    sums[k] = sums.get(k, 0.0) + v
+                if ok:  # a rejected step adds nothing to the averages (counted in skipped_steps)
+                    for k, v in out.logs.items():
+                        sums[k] = sums.get(k, 0.0) + v
+                    good += 1
                 count += 1
                 if r.log_interval and (
                     self.iteration % r.log_interval == 0 or self.iteration == stop_at
                 ):
-                    values = all_reduce_mean({k: v / count for k, v in sums.items()}, self.device)
+                    values = all_reduce_mean({k: v / good for k, v in sums.items()}, self.device)
                     values["lr"] = self.optimizer.param_groups[0]["lr"]
                     values["sec_per_iter"] = (time.perf_counter() - t0) / count
                     values["skipped_steps"] = self.skipped_steps
                     self.logger.log(self.iteration, values)
                     bar.set_postfix(loss=f"{values.get('loss', float('nan')):.3f}")
-                    sums, count, t0 = {}, 0, time.perf_counter()
-                if r.image_interval and self.iteration % r.image_interval == 0:
+                    sums, count, good, t0 = {}, 0, 0, time.perf_counter()
+                if ok and r.image_interval and self.iteration % r.image_interval == 0:
                     self.logger.save_grid(self.iteration, out.vis)
                 if (
                     cfg.eval.interval
@@ -287,11 +385,26 @@ class Trainer:
                 )
                 # Every rank stops together, even if only one received the signal.
                 signalled = broadcast_flag(self._stop_signal is not None, self.device)
-                if ckpt_due or keep or signalled or self.iteration == stop_at:
-                    self.save(keep=keep)
+                # No periodic checkpoint while steps are being rejected: the last one
+                # written before the streak stays the newest (a stop still saves, and the
+                # state it saves is the undone, last good one).
+                periodic = (ckpt_due or keep) and self.nonfinite_streak == 0
+                if periodic or signalled or self.iteration == stop_at:
+                    self.save(keep=keep and periodic)
                 if signalled:
                     log.warning("signal: checkpointed at iteration %d, stopping", self.iteration)
                     break
+        except RuntimeError as exc:
+            if self.info.distributed and is_timeout(exc):
+                raise DistributedTimeoutError(
+                    f"rank {self.info.rank} of {self.info.world_size}: a collective at iteration "
+                    f"{self.iteration} waited more than runtime.ddp_timeout_s="
+                    f"{r.ddp_timeout_s:g} s; another rank stopped answering (stopped, hung or "
+                    f"on a dead node). Backend: {str(exc).splitlines()[0]}. Resume the job "
+                    f"from {self.run_dir / 'checkpoints'} (runtime.resume=true) once every "
+                    "node is healthy."
+                ) from None
+            raise
         finally:
             bar.close()
             for sig, h in old_handlers:
