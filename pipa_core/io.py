@@ -24,17 +24,50 @@ def atomic_open(path: str | os.PathLike, mode: str = "w") -> Iterator[IO]:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, mode) as f:
             yield f
             f.flush()
             os.fsync(f.fileno())
+            # mkstemp creates 0600; give the file what the user's umask gives any new file
+            # (0644 by default), so a lab's shared runs stay readable to colleagues
+            os.chmod(tmp, 0o666 & ~current_umask())
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+
+
+def current_umask() -> int:
+    """The process's umask (read by setting and restoring it)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+#: A temporary file of an atomic write older than this belonged to a killed writer.
+STALE_SECONDS = 3600.0
+
+
+def remove_stale_temporaries(path: Path, older_than: float = STALE_SECONDS) -> list[Path]:
+    """Delete ``.<name>.*.tmp`` siblings of ``path`` left by a writer killed mid-write.
+
+    Only files untouched for ``older_than`` seconds go: a concurrent writer's live
+    temporary file is never removed. Returns what was removed.
+    """
+    import time
+
+    removed = []
+    now = time.time()
+    for tmp in path.parent.glob(f".{path.name}.*.tmp"):
+        with contextlib.suppress(FileNotFoundError):
+            if now - tmp.stat().st_mtime > older_than:
+                tmp.unlink()
+                removed.append(tmp)
+    return removed
 
 
 def atomic_write_json(path: str | os.PathLike, obj: Any, indent: int = 2) -> None:

@@ -145,3 +145,40 @@ def test_cli_and_errors(tmp_path, capsys):
         prep.prepare("viper", tmp_path / "empty")
     with pytest.raises(DatasetError, match="valid:"):
         prep.prepare("kitti", tmp_path)
+
+
+def test_preparation_checks_every_pair_and_reports_all_problems_at_once(tmp_path, capsys):
+    fx.make_gta(tmp_path, n=6)
+    labels, images = tmp_path / "labels", tmp_path / "images"
+    good_before = labels / "00001_labelTrainIds.png"
+    prep.prepare("gta", tmp_path, progress=False)  # a clean run: every pair is fine
+    assert good_before.is_file() and "250: " in capsys.readouterr().err  # unknown id reported
+    stats = tmp_path / "sample_class_stats.json"
+    stats.unlink()
+    prepared = good_before.read_bytes()
+    for p in labels.glob("*_labelTrainIds.png"):
+        if p != good_before:
+            p.unlink()
+    # now break five of the six pairs, each in another way
+    (labels / "00002.png").write_bytes((labels / "00002.png").read_bytes()[:60])  # truncated
+    (images / "00003.png").write_bytes(b"not an image at all")  # corrupt image
+    cv2.imwrite(str(images / "00004.png"), np.zeros((5, 7, 3), np.uint8))  # another size
+    (images / "00005.png").unlink()  # a label without its image
+    cv2.imwrite(str(images / "00009.png"), np.zeros((8, 8, 3), np.uint8))  # an image, no label
+    with pytest.raises(DatasetError) as info:
+        prep.prepare("gta", tmp_path, progress=False)
+    msg = str(info.value)
+    assert "5 problem(s)" in msg and "rerun python -m pipa_core.data.prepare gta" in msg
+    for needle in (
+        f"{labels / '00002.png'}: cannot decode the label",
+        f"{images / '00003.png'}: cannot decode the image",
+        f"{images / '00004.png'}: image is 7x5 but its label",
+        f"{labels / '00005.png'}: no image for this label",
+        f"{images / '00009.png'}: an image without a label file",
+    ):
+        assert needle in msg, needle
+    assert good_before.read_bytes() == prepared  # already-prepared files are left intact
+    assert (labels / "00006_labelTrainIds.png").is_file()  # the good pair is converted
+    for bad in ("00002", "00003", "00004", "00005"):
+        assert not (labels / f"{bad}_labelTrainIds.png").exists()
+    assert not stats.exists()  # no statistics over a broken dataset

@@ -93,13 +93,16 @@ class LabelKind:
     mapping: dict[int, int]
     src_suffix: str = ".png"  # replaced by TRAIN_ID_SUFFIX to name the output
     trainid_patterns: tuple[str, ...] = ()  # shipped train-ID files (stats only)
+    # Every id the dataset defines, trained or void (Cityscapes / GTA labelIds 0..33);
+    # other ids are reported as unknown by the preparation.
+    num_ids: int = 34
 
 
 KINDS: dict[str, LabelKind] = {
     "gta": LabelKind("<root>/images/*.png, <root>/labels/*.png", ("labels/*.png",),
                      read_indexed_ids, CITYSCAPES_ID_TO_TRAINID),
     "synthia": LabelKind("<root>/RGB/*.png, <root>/GT/LABELS/*.png", ("GT/LABELS/*.png",),
-                         read_synthia_ids, SYNTHIA_ID_TO_TRAINID),
+                         read_synthia_ids, SYNTHIA_ID_TO_TRAINID, num_ids=23),  # ids 0..22
     "cityscapes": LabelKind("<root>/leftImg8bit/<split>/<city>/*, <root>/gtFine/<split>/<city>/*_gtFine_labelIds.png",
                             ("gtFine/*/*/*_gtFine_labelIds.png",), read_indexed_ids,
                             CITYSCAPES_ID_TO_TRAINID, "_labelIds.png"),
@@ -111,14 +114,46 @@ KINDS: dict[str, LabelKind] = {
                             CITYSCAPES_ID_TO_TRAINID, "_labelIds.png",
                             ("gt/*/*/*/*_gt_labelTrainIds.png",)),
     "viper": LabelKind("<root>/<split>/img/<seq>/<seq>_<frame>.jpg, <root>/<split>/cls/<seq>/<seq>_<frame>.png",
-                       ("*/cls/*/*.png",), read_viper_ids, VIPER_ID_TO_TRAINID),
+                       ("*/cls/*/*.png",), read_viper_ids, VIPER_ID_TO_TRAINID, num_ids=32),
     "synthia_seq": LabelKind("<root>/SYNTHIA-SEQS-<xx>-<COND>/GT/LABELS/Stereo_Left/Omni_F/*.png",
                              ("SYNTHIA-SEQS-*/GT/LABELS/Stereo_Left/Omni_F/*.png",
                               "GT/LABELS/Stereo_Left/Omni_F/*.png"),
-                             read_synthia_ids, SYNTHIA_SEQ_ID_TO_TRAINID),
+                             read_synthia_ids, SYNTHIA_SEQ_ID_TO_TRAINID, num_ids=16),
 }  # fmt: skip
 # Cityscapes-Seq reads its labels from the same gtFine folder.
 KINDS["cityscapes_seq"] = KINDS["cityscapes"]
+
+
+def image_candidates(name: str, root: Path, label: Path) -> list[Path]:
+    """Where the image of ``label`` lives in dataset ``name`` (the first that exists is it)."""
+    rel = label.relative_to(root)
+    base = label.name
+    for suffix in ("_gtFine_labelIds.png", "_gt_labelIds.png", "_gt_labelTrainIds.png",
+                   "_gtFine_labelTrainIds.png", TRAIN_ID_SUFFIX):  # fmt: skip
+        if base.endswith(suffix):
+            base = base[: -len(suffix)]
+            break
+    else:
+        base = label.stem
+    if name == "gta":
+        return [root / "images" / label.name]
+    if name == "synthia":
+        return [root / "RGB" / label.name]
+    if name in ("cityscapes", "cityscapes_seq"):
+        sub = rel.parent.relative_to("gtFine")
+        return [root / folder / sub / f"{base}_leftImg8bit.png"
+                for folder in ("leftImg8bit", "leftImg8bit_sequence")]  # fmt: skip
+    if name in ("acdc", "darkzurich"):
+        sub = rel.parent.relative_to("gt")
+        return [root / "rgb_anon" / sub / f"{base}_rgb_anon.png"]
+    if name == "viper":
+        split, _, *rest = rel.parent.parts
+        return [root.joinpath(split, "img", *rest, base + ext) for ext in (".jpg", ".png")]
+    if name == "synthia_seq":
+        parts = list(rel.parent.parts)
+        i = parts.index("GT")
+        return [root.joinpath(*parts[:i], "RGB", *parts[i + 2 :], label.name)]
+    return []
 
 
 def output_path(src: Path, kind: LabelKind) -> Path:
@@ -169,25 +204,80 @@ def write_png(path: Path, arr: np.ndarray) -> None:
         f.write(buf.tobytes())
 
 
-def convert_one(job: tuple[str, Optional[Path], Path, bool]) -> dict[str, int]:
-    """Convert one label (skipped when its output exists) and return its class pixel counts.
+@dataclass
+class LabelResult:
+    """What preparing one label found: its class pixels, problems, unknown ids."""
 
-    ``job`` is ``(dataset name, source label or None, output, overwrite)``.
+    counts: dict[str, int]
+    problems: list[str]
+    unknown: dict[int, int]  # label id outside the dataset's mapping -> pixels (made 255)
+
+
+def _image_size(path: Path) -> tuple[int, int]:
+    """``(W, H)`` of an image after decoding it fully (a truncated file fails here)."""
+    with Image.open(path) as im:
+        im.load()
+        return im.size
+
+
+def check_pair(name: str, root: Path, label: Path, label_size: tuple[int, int]) -> list[str]:
+    """Problems of the image belonging to ``label``: missing, undecodable, another size."""
+    image = next((p for p in image_candidates(name, root, label) if p.is_file()), None)
+    if image is None:
+        where = " or ".join(str(p) for p in image_candidates(name, root, label)) or "?"
+        return [f"{label}: no image for this label (looked for {where})"]
+    try:
+        size = _image_size(image)
+    except (OSError, SyntaxError) as exc:  # PIL: truncated / unidentified / corrupt
+        return [f"{image}: cannot decode the image ({exc}); re-download or re-extract it"]
+    if size != label_size:
+        return [f"{image}: image is {size[0]}x{size[1]} but its label {label} is "
+                f"{label_size[0]}x{label_size[1]}; the pair does not belong together"]  # fmt: skip
+    return []
+
+
+def convert_one(job: tuple[str, Optional[Path], Path, bool, Path]) -> LabelResult:
+    """Convert one label (skipped when its output exists), check its image, count its pixels.
+
+    ``job`` is ``(dataset name, source label or None, output, overwrite, root)``. Problems
+    (an unreadable label or image, a size mismatch, a missing image) are returned, not
+    raised, so one run reports every bad file at once.
     """
-    name, src, dst, overwrite = job
+    name, src, dst, overwrite, root = job
     if src is None or (dst.exists() and not overwrite):
         # Finished on an earlier run (outputs only ever appear complete), or shipped.
         arr = cv2.imread(str(dst), cv2.IMREAD_UNCHANGED)
         if arr is None or arr.ndim != 2:
-            raise DatasetError(f"cannot read {dst}; delete it and rerun the preparation command")
-        return class_counts(arr)
+            return LabelResult({}, [f"{dst}: cannot read it; delete it and rerun"], {})
+        size = (arr.shape[1], arr.shape[0])
+        return LabelResult(class_counts(arr), check_pair(name, root, src or dst, size), {})
     kind = KINDS[name]
-    ids = kind.reader(src)
+    try:
+        ids = kind.reader(src)
+    except (OSError, SyntaxError, DatasetError) as exc:
+        return LabelResult({}, [f"{src}: cannot decode the label ({exc}); re-download it"], {})
+    problems = check_pair(name, root, src, (ids.shape[1], ids.shape[0]))
     lut = make_lut(kind.mapping)
+    unknown_mask = (ids < 0) | (ids >= kind.num_ids)
+    if name == "viper":  # colour-coded VIPER labels decode unlisted colours to 255 already
+        unknown_mask &= ids != IGNORE_INDEX
+    uniq, cnt = np.unique(ids[unknown_mask], return_counts=True)
+    inside = (ids >= 0) & (ids < lut.size)
     train_ids = lut[np.clip(ids, 0, lut.size - 1)]
-    train_ids[(ids < 0) | (ids >= lut.size)] = IGNORE_INDEX
-    write_png(dst, train_ids)
-    return class_counts(train_ids)
+    train_ids[~inside] = IGNORE_INDEX
+    if not problems:  # a bad pair leaves nothing behind; earlier outputs stay as they are
+        write_png(dst, train_ids)
+    return LabelResult(class_counts(train_ids), problems, dict(zip(uniq.tolist(), cnt.tolist())))
+
+
+def images_without_labels(name: str, root: Path, labels: list[Path]) -> list[str]:
+    """Still-image datasets label every image: list the images that have no label file."""
+    folder = {"gta": root / "images", "synthia": root / "RGB"}.get(name)
+    if folder is None or not folder.is_dir():
+        return []
+    have = {p.name for p in labels}
+    return [f"{img}: an image without a label file" for img in sorted(folder.glob("*.png"))
+            if img.name not in have]  # fmt: skip
 
 
 def prepare(
@@ -205,20 +295,50 @@ def prepare(
     if name not in KINDS:
         raise DatasetError(f"unknown dataset {name!r}; valid: {', '.join(sorted(KINDS))}")
     root = Path(root)
-    jobs = [(name, s, d, overwrite) for s, d in find_jobs(name, root)]
+    found = find_jobs(name, root)
+    jobs = [(name, s, d, overwrite, root) for s, d in found]
     bar = dict(total=len(jobs), desc=f"prepare {name}", unit="label", disable=not progress)
     if nproc > 1:
         with Pool(nproc) as pool:
-            counts = list(tqdm(pool.imap(convert_one, jobs, chunksize=8), **bar))
+            results = list(tqdm(pool.imap(convert_one, jobs, chunksize=8), **bar))
     else:
-        counts = [convert_one(j) for j in tqdm(jobs, **bar)]
+        results = [convert_one(j) for j in tqdm(jobs, **bar)]
+    problems = [p for r in results for p in r.problems]
+    problems += images_without_labels(name, root, [s for s, _ in found if s is not None])
+    _report_unknown_ids(name, jobs, results)
+    if problems:
+        shown = "\n  - ".join(problems[:50])
+        more = f"\n  ... and {len(problems) - 50} more" if len(problems) > 50 else ""
+        raise DatasetError(
+            f"{name}: {len(problems)} problem(s) under {root}; the labels of the good pairs are "
+            f"converted, the statistics file is not written:\n  - {shown}{more}\nFix or remove "
+            f"these files, then rerun {prepare_command(name, root)}."
+        )
     stats = [
-        {"file": d.relative_to(root).as_posix(), **c}
-        for (_, _, d, _), c in sorted(zip(jobs, counts), key=lambda jc: jc[0][2])
+        {"file": d.relative_to(root).as_posix(), **r.counts}
+        for (_, _, d, _, _), r in sorted(zip(jobs, results), key=lambda jr: jr[0][2])
     ]
     out = root / STATS_FILE
     atomic_write_json(out, stats)
     return out
+
+
+def _report_unknown_ids(name: str, jobs: list, results: list[LabelResult]) -> None:
+    """Warn once about label ids outside the dataset's id list (they became 255, ignored)."""
+    total: dict[int, int] = {}
+    files = 0
+    for r in results:
+        files += bool(r.unknown)
+        for k, v in r.unknown.items():
+            total[k] = total.get(k, 0) + v
+    if total:
+        ids = ", ".join(f"{k}: {v} px" for k, v in sorted(total.items()))
+        print(
+            f"warning: {name}: {files} of {len(jobs)} labels hold ids outside the dataset's "
+            f"class list ({ids}); those pixels are ignored (255). Expected for void ids; "
+            "otherwise check that the folder holds this dataset's labels.",
+            file=sys.stderr,
+        )
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

@@ -35,7 +35,7 @@ from pipa_core.data.synthetic.generate import (
     generate_scene,
     generate_sequence,
 )
-from pipa_core.io import atomic_write_json
+from pipa_core.io import atomic_write_json, current_umask
 from pipa_core.labels import CLASSES, NUM_CLASSES
 
 #: Bump whenever the generator's output changes; stale caches are regenerated.
@@ -249,6 +249,7 @@ def ensure_synthetic(
         raise ValueError(f"workers must be >= 1, got {workers}")
     root.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}.tmp-", dir=root.parent))
+    os.chmod(tmp, 0o777 & ~current_umask())  # mkdtemp makes 0700: a shared data/ stays readable
     try:
         man = _generate_into(tmp, size, seed, workers)
         atomic_write_json(tmp / MANIFEST, man)
