@@ -115,6 +115,33 @@ def run_notebook(name: str, cwd: Path, **parameters) -> nbformat.NotebookNode:
     return nbformat.read(out, as_version=4)
 
 
+def test_notebook_parameters_are_checked_like_the_command_line():
+    from typing import Optional
+
+    from pipa_core.config import ConfigError
+    from pipa_core.experiments.notebook import check_parameters
+
+    ok = check_parameters(
+        {"max_iters": "40", "seeds": [0, "1"]}, {"max_iters": Optional[int], "seeds": list[int]}
+    )
+    assert ok == {"max_iters": 40, "seeds": [0, 1]}
+    assert check_parameters({"max_iters": None}, {"max_iters": Optional[int]}) == {
+        "max_iters": None
+    }
+    with pytest.raises(
+        ConfigError, match="notebook parameter max_iters: expected an integer, got 'abc'"
+    ):
+        check_parameters({"max_iters": "abc"}, {"max_iters": Optional[int]})
+
+
+@pytest.mark.parametrize(("name", "param"), [("train", "max_iters"), ("evaluate", "max_samples")])
+def test_a_wrong_parameter_type_fails_in_the_first_code_cell(name, param, tmp_path):
+    with pytest.raises(pm.PapermillExecutionError) as info:
+        run_notebook(name, tmp_path, **{param: "abc"})
+    assert f"notebook parameter {param}: expected an integer, got 'abc'" in str(info.value)
+    assert info.value.exec_count <= 3  # the parameters cell, the injected one, the set-up cell
+
+
 def _outputs(nb, mime: str) -> list:
     return [
         o for c in nb.cells if c.cell_type == "code" for o in c.outputs if mime in o.get("data", {})

@@ -83,3 +83,31 @@ def show_table(df, digits: int = 1):
     from pipa_core.eval.metrics import ABSENT
 
     return df.style.format(precision=digits, na_rep=ABSENT)
+
+
+def check_parameters(values: dict, types: dict) -> dict:
+    """The notebook parameters named in ``types``, converted to those types, as the command
+    line converts ``--set`` values (same rules, same messages).
+
+    Papermill injects ``-p`` values as it parses them (``-p max_iters abc`` gives a
+    string); checking them in the first code cell turns a deep failure into one line.
+
+    Args:
+        values: the notebook's namespace (``globals()``) after papermill's injection.
+        types: parameter name -> annotation, e.g. ``{"max_iters": Optional[int]}``.
+    Raises:
+        pipa_core.config.ConfigError: ``"notebook parameter max_iters: expected an integer,
+        got 'abc'"``.
+    """
+    from pipa_core.config.typed import ConfigError, coerce, parse_scalar
+
+    out = {}
+    for name, tp in types.items():
+        value = values[name]
+        if isinstance(value, str) and tp is not str:
+            value = parse_scalar(value, name)
+        try:
+            out[name] = coerce(value, tp, name)
+        except ConfigError as exc:
+            raise ConfigError(f"notebook parameter {exc}") from None
+    return out
