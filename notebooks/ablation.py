@@ -38,14 +38,21 @@ num_threads = None  # torch CPU threads of this kernel; None: torch's default
 # %%
 import json
 from pathlib import Path
+from typing import Optional
 
 import matplotlib.pyplot as plt
 import pandas as pd
 import torch
 from IPython.display import Image, Markdown, display
 
-from pipa_core.experiments.notebook import notebook_setup
+from pipa_core.experiments.notebook import check_parameters, notebook_setup
 
+# parameters as the command line checks them (a wrong type fails here, in one line)
+globals().update(
+    check_parameters(
+        globals(), {"seeds": list[int], "jobs": Optional[int], "num_threads": Optional[int]}
+    )
+)
 notebook_setup(num_threads)  # repository root as cwd (data/, runs/, figures/), threads, display
 
 # %% [markdown]

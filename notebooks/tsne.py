@@ -53,14 +53,31 @@ num_threads = None  # torch CPU threads; None: torch's default
 # %%
 import json
 from pathlib import Path
+from typing import Optional
 
 import matplotlib.pyplot as plt
 import pandas as pd
 import torch
 from IPython.display import Image, Markdown, display
 
-from pipa_core.experiments.notebook import notebook_setup
+from pipa_core.experiments.notebook import check_parameters, notebook_setup
 
+# parameters as the command line checks them (a wrong type fails here, in one line)
+globals().update(
+    check_parameters(
+        globals(),
+        {
+            "max_images": int,
+            "n_per_class": int,
+            "max_pixels": int,
+            "perplexity": float,
+            "tsne_iters": int,
+            "tsne_threads": Optional[int],
+            "seed": int,
+            "num_threads": Optional[int],
+        },
+    )
+)
 notebook_setup(num_threads)  # repository root as cwd (data/, runs/, figures/), threads, display
 
 # %%

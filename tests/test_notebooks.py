@@ -134,7 +134,15 @@ def test_notebook_parameters_are_checked_like_the_command_line():
         check_parameters({"max_iters": "abc"}, {"max_iters": Optional[int]})
 
 
-@pytest.mark.parametrize(("name", "param"), [("train", "max_iters"), ("evaluate", "max_samples")])
+@pytest.mark.parametrize(
+    ("name", "param"),
+    [
+        ("train", "max_iters"),
+        ("evaluate", "max_samples"),
+        ("ablation", "jobs"),
+        ("tsne", "max_images"),
+    ],
+)
 def test_a_wrong_parameter_type_fails_in_the_first_code_cell(name, param, tmp_path):
     with pytest.raises(pm.PapermillExecutionError) as info:
         run_notebook(name, tmp_path, **{param: "abc"})

@@ -78,6 +78,10 @@ def test_a_truncated_checkpoint_names_the_file_and_what_to_do(root, tmp_path, ca
     latest.write_bytes(latest.read_bytes()[:1000])  # a write cut short
     with pytest.raises(CheckpointError, match="truncated or not a pipa_core checkpoint"):
         load_checkpoint(run)
+    from pipa_core.experiments.runs import load_segmentor
+
+    with pytest.raises(CheckpointError, match="iter_0000002.pt"):  # evaluating it says the same
+        load_segmentor(run)
     capsys.readouterr()
     assert cli_main(args(root, run, "optim.max_iters=2") + ["--resume"]) == 1
     err = capsys.readouterr().err

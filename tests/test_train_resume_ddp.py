@@ -243,7 +243,11 @@ def test_a_hung_peer_makes_the_other_rank_stop_with_a_message(tmp_path):
         assert rank0.exitcode == 0
         message = (tmp_path / "rank0.txt").read_text()
         assert "rank 0 of 2" in message and "runtime.ddp_timeout_s=5 s" in message
-        assert "another rank stopped answering" in message and "runtime.resume=true" in message
+        assert "rank 1 stopped answering" in message and "runtime.resume=true" in message
+        saved = tmp_path / "run" / "checkpoints" / "timeout_rank0.pt"
+        assert f"iteration 1 is in {saved}" in message
+        state = load_checkpoint(saved)
+        assert state["iteration"] == 1  # back at the last boundary, the failed step undone
     finally:
         os.kill(rank1.pid, signal.SIGKILL)
         rank1.join(timeout=30)

@@ -17,6 +17,8 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset, Subset
 
+from pipa_core.uda.checkpoint import load_checkpoint
+
 
 def _resolve_checkpoint(run: str | os.PathLike) -> Path:
     p = Path(run)
@@ -40,7 +42,7 @@ def load_run_config(run: str | os.PathLike):
     p = Path(run)
     if p.is_dir() and (p / "config.json").is_file():
         return TrainConfig.load(p)
-    state = torch.load(_resolve_checkpoint(p), map_location="cpu", weights_only=True)
+    state = load_checkpoint(_resolve_checkpoint(p))  # a clear error for a truncated file
     if "config" not in state:
         raise ValueError(f"{p} holds no 'config'; it is not a training checkpoint")
     return TrainConfig.from_dict(state["config"])
@@ -73,7 +75,7 @@ def load_segmentor(
     if which not in ("student", "teacher"):
         raise ValueError(f"which must be 'student' or 'teacher', got {which!r}")
     path = _resolve_checkpoint(run)
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    state = load_checkpoint(path)
     if which not in state or state[which] is None:
         raise ValueError(
             f"{path} has no {which!r} weights (a supervised run has no teacher); use which='student'"

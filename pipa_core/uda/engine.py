@@ -218,8 +218,13 @@ class Engine:
         :attr:`last_fault` says what was non-finite.
         """
         before = self._capture()
-        out = step_fn(batch, self.nets, self.cfg, self.ctx)
-        applied = self.optimizer_step(out)
+        try:
+            out = step_fn(batch, self.nets, self.cfg, self.ctx)
+            applied = self.optimizer_step(out)
+        except RuntimeError:  # e.g. a DDP peer stopped answering: back to the last boundary
+            self.optimizer.zero_grad(set_to_none=True)
+            self._restore(before)
+            raise
         if applied and not self._states_finite():
             # a finite loss, but a forward wrote NaN / Inf into a BatchNorm statistic,
             # a memory bank or a prototype (e.g. a NaN pixel seen only by the teacher)

@@ -294,6 +294,27 @@ class Trainer:
             self.student, self.val_loader, device=self.device, autocast_dtype=self.amp_dtype, **kw
         )
 
+    def _on_collective_timeout(self, exc: RuntimeError) -> DistributedTimeoutError:
+        """Save this rank's state (back at the last iteration boundary: the engine undid the
+        step) next to the checkpoints, and say who stopped answering and where to resume."""
+        info, r = self.info, self.cfg.runtime
+        peer = f"rank {1 - info.rank}" if info.world_size == 2 else "another rank"
+        own = self.run_dir / "checkpoints" / f"timeout_rank{info.rank}.pt"
+        try:
+            atomic_torch_save(self.state_dict(), own)
+            saved = f"this rank's state at iteration {self.iteration} is in {own}; "
+        except OSError as err:
+            saved = f"this rank's state could not be saved ({err.strerror}); "
+        latest = ckpt.find_latest(self.run_dir)
+        return DistributedTimeoutError(
+            f"rank {info.rank} of {info.world_size}: a collective after iteration "
+            f"{self.iteration} waited more than runtime.ddp_timeout_s={r.ddp_timeout_s:g} s; "
+            f"{peer} stopped answering (stopped, hung or on a dead node). Backend: "
+            f"{str(exc).splitlines()[0]}. {saved}resume the job from "
+            f"{latest or self.run_dir / 'checkpoints'} (runtime.resume=true), the last "
+            "checkpoint every rank wrote, once every node is healthy."
+        )
+
     def _install_signal_handlers(self) -> list:
         """SIGTERM / SIGINT: finish the iteration, checkpoint, exit (main thread only)."""
         if threading.current_thread() is not threading.main_thread():
@@ -396,14 +417,7 @@ class Trainer:
                     break
         except RuntimeError as exc:
             if self.info.distributed and is_timeout(exc):
-                raise DistributedTimeoutError(
-                    f"rank {self.info.rank} of {self.info.world_size}: a collective at iteration "
-                    f"{self.iteration} waited more than runtime.ddp_timeout_s="
-                    f"{r.ddp_timeout_s:g} s; another rank stopped answering (stopped, hung or "
-                    f"on a dead node). Backend: {str(exc).splitlines()[0]}. Resume the job "
-                    f"from {self.run_dir / 'checkpoints'} (runtime.resume=true) once every "
-                    "node is healthy."
-                ) from None
+                raise self._on_collective_timeout(exc) from None
             raise
         finally:
             bar.close()
