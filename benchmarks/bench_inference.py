@@ -10,8 +10,9 @@ Each case calls the model's own API, ``Segmentor.predict(img, mode, crop_size,
 stride)`` (``pipa_core.models.inference``), on a batch of 1 image as the
 evaluation loop does, after ``--warmup`` calls; the device is synchronised
 before reading the clock. Sliding windows use the evaluation default of the
-engine (``pipa_core.eval.evaluate``): the training crop as window, stride 2/3 of it
-(DAFormer's 512x512 windows at stride 341 on 1024x512 Cityscapes images).
+engine (``pipa_core.config.resolve_eval`` / ``pipa_core.models.inference``): the
+training crop as window, stride half of it (512x512 windows at stride 256 on
+1024x512 Cityscapes images; HRDA's 1024x1024 at 512 on 1024x2048).
 
 Models (``--models``):
 
@@ -20,6 +21,9 @@ Models (``--models``):
 * ``mit_b5``: MiT-B5 + DAFormer head on 512x1024 Cityscapes-sized images, windows
   512x512 (``--preset paper``). ``--preset cpu`` halves the image and the window
   (256x512, 256x256), labelled ``reduced``.
+* ``mit_b5_full``: the same model on full-resolution 1024x2048 Cityscapes images,
+  windows 1024x1024 (the HRDA-setting evaluation); ``--preset paper`` only by
+  default (``--preset cpu``: 256x512, windows 256x256).
 """
 
 from __future__ import annotations
@@ -53,6 +57,11 @@ MODELS = {
         {},
         {"paper": ((512, 1024), (512, 512)), "cpu": ((256, 512), (256, 256))},
     ),
+    "mit_b5_full": (
+        "daformer_mit_b5",
+        {},
+        {"paper": ((1024, 2048), (1024, 1024)), "cpu": ((256, 512), (256, 256))},
+    ),
 }  # fmt: skip
 DEFAULT_MODELS = {"paper": "quickstart,mit_b5", "cpu": "quickstart,mit_b5", "smoke": "quickstart"}
 
@@ -62,7 +71,7 @@ def bench_case(seg, img, mode, window, dtype, warmup: int, iters: int, device) -
     clock, mem = bu.Clock(device), bu.PeakMemory(device)
     kwargs = {}
     if mode == "slide":
-        kwargs = {"crop_size": window, "stride": tuple(max(1, 2 * c // 3) for c in window)}
+        kwargs = {"crop_size": window, "stride": tuple(c // 2 for c in window)}  # the default
     autocast = (
         torch.autocast(device.type, dtype=dtype) if dtype is not None else contextlib.nullcontext()
     )

@@ -148,6 +148,20 @@ MODELS: dict[str, ModelSpec] = {
         smoke={**_SMOKE, "model.arch": "daformer_mit_b0"},
         label="MiT-B5 + DAFormer, PiPa (gta2cs_pipa)",
     ),
+    "mit_b5_512_dacs": ModelSpec(
+        "gta2cs",
+        "dacs",
+        cpu={"data.crop_size": (128, 128), "data.batch_size": 1},
+        smoke={**_SMOKE, "model.arch": "daformer_mit_b0"},
+        label="MiT-B5 + DAFormer head, DACS self-training (gta2cs_dacs)",
+    ),
+    "mit_b5_512_daformer": ModelSpec(
+        "gta2cs",
+        "daformer",
+        cpu={"data.crop_size": (128, 128), "data.batch_size": 1},
+        smoke={**_SMOKE, "model.arch": "daformer_mit_b0"},
+        label="MiT-B5 + DAFormer, DAFormer (RCS, feature distance; gta2cs_daformer)",
+    ),
     "mit_b5_640": ModelSpec(
         "gta2cs",
         "pipa",

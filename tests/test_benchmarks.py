@@ -114,7 +114,8 @@ def test_inference_modes(results):
     modes = {r["mode"]: r for r in res["results"]}
     assert set(modes) == {"whole", "slide"}
     assert all(r["images_per_s"] > 0 and r["median_ms"] >= 0 for r in modes.values())
-    assert modes["slide"]["crop_size"] == [64, 64] and modes["slide"]["stride"] == [42, 42]
+    # the evaluation default: the training crop as window, stride half of it
+    assert modes["slide"]["crop_size"] == [64, 64] and modes["slide"]["stride"] == [32, 32]
     assert (
         "| quickstart | daformer_mit_b0 | 64x128 | slide |"
         in (results / "inference_cpu.md").read_text()
@@ -182,3 +183,34 @@ def test_bad_arguments_give_clear_errors(tmp_path):
     ra = _load("run_all")
     with pytest.raises(SystemExit, match="unknown benchmark 'speed'"):
         ra.main(["--only", "speed", "--device", "cpu", "--out", str(tmp_path)])
+
+
+def test_gpu_check_without_cuda_exits_at_once_with_one_line(capsys):
+    import torch
+
+    if torch.cuda.is_available():  # on a GPU machine the check itself is what runs
+        pytest.skip("a CUDA GPU is visible: the no-GPU message does not apply")
+    assert _load("gpu_check").main([]) == 2
+    out = capsys.readouterr().out.strip().splitlines()
+    assert out == ["gpu_check needs a CUDA GPU and none is visible here; nothing was run."]
+
+
+def test_gpu_check_plan_runs_end_to_end_at_smoke_sizes(tmp_path):
+    gc = _load("gpu_check")
+    # the paper plan: every measurement the issue names, each with a time limit
+    names = [s["name"] for s in gc.plan(False, "cuda", tmp_path)]
+    assert names == ["cuda_tests", "pipa_fp32", "pipa_bf16", "pipa_bf16_compile",
+                     "dacs_daformer_bf16", "hrda_memory", "inference"]  # fmt: skip
+    assert sum(s["limit_s"] for s in gc.plan(False, "cuda", tmp_path)) <= 8 * 60
+    only = "cuda_tests,pipa_bf16,hrda_memory"
+    code = gc.main(["--smoke", "--device", "cpu", "--out", str(tmp_path), "--only", only])
+    report = json.loads((tmp_path / "gpu_check_cpu.json").read_text())
+    assert code == 0 and [s["status"] for s in report["steps"]] == ["ok", "ok", "ok"]
+    assert "skipped" in report["steps"][0]["summary"]  # the CUDA tests skip on a CPU
+    h = report["headline"]
+    assert h["pipa_bf16_step_s"] > 0 and h["pipa_bf16_peak_gib"] > 0 and h["hrda_pipa_peak_gib"] > 0
+    assert set(h["meets_target"]) == {"pipa_step_bf16_s", "pipa_peak_gib", "hrda_pipa_peak_gib"}
+    assert (
+        report["meta"]["torch"]
+        and "| pipa_bf16 | ok |" in (tmp_path / "gpu_check_cpu.md").read_text()
+    )
