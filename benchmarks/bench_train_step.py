@@ -134,6 +134,12 @@ MODELS: dict[str, ModelSpec] = {
     "quickstart": ModelSpec(
         "synthetic", "pipa", smoke=_SMOKE, label="MiT-B0 quickstart (synthetic_pipa)"
     ),
+    "quickstart_mic": ModelSpec(
+        "synthetic",
+        "pipa_mic",
+        smoke=_SMOKE,
+        label="MiT-B0 quickstart, PiPa + MIC (synthetic_pipa_mic)",
+    ),
     "quickstart_pipa_pp": ModelSpec(
         "viper2csseq",
         "pipa_pp",

@@ -197,3 +197,18 @@ def test_warm_start_command_trains_exports_and_records(tmp_path):
 def test_ablation_settings_add_temporal_only_on_video():
     assert list(ablation_settings(False)) == ["self-training", "+pixel", "+patch", "+pixel+patch"]
     assert ablation_settings(True)["+pixel+patch+temporal"] == ("pixel", "patch", "temporal")
+
+
+def test_mic_is_an_optional_row_of_the_quickstart_table():
+    from pipa_core.experiments.comparisons import (
+        METHOD_LABELS,
+        QUICKSTART_METHODS,
+        quickstart_config,
+    )
+
+    assert "mic" not in QUICKSTART_METHODS  # not in the default 15-minute run
+    mic, dacs = quickstart_config("mic", 0, "runs/q"), quickstart_config("dacs", 0, "runs/q")
+    assert mic.uda.mic and not dacs.uda.mic and mic.uda.mic_block_size == 16
+    # the same protocol as the other rows: warm start, schedule, seed; only MIC differs
+    assert mic.model.init_from == dacs.model.init_from and mic.optim == dacs.optim
+    assert METHOD_LABELS["mic"] == "Self-training + MIC"

@@ -92,6 +92,18 @@ def _spcl(c: TrainConfig) -> None:
     c.losses.enabled = ("prototype",)
 
 
+def _mic(c: TrainConfig) -> None:
+    # MIC on DAFormer (MIC's configs/mic/gtaHR2csHR_mic_hrda.py uses the same mask settings
+    # on HRDA: `--preset gta2cs_hrda --set uda.mic=true`).
+    _daformer(c)
+    c.uda.mic = True
+
+
+def _pipa_mic(c: TrainConfig) -> None:
+    _pipa(c)
+    c.uda.mic = True
+
+
 def _hrda(c: TrainConfig) -> None:
     # PiPa on HRDA (the paper's best setting); the data schedule is set in make_config.
     _pipa(c)
@@ -107,6 +119,8 @@ METHODS = {
     "pipa": _pipa,
     "pipa_pp": _pipa_pp,
     "spcl": _spcl,
+    "mic": _mic,
+    "pipa_mic": _pipa_mic,
     "hrda": _hrda,
 }
 
@@ -120,7 +134,7 @@ def _real_schedule(c: TrainConfig, benchmark: str, method: str) -> None:
     """
     c.data.benchmark = benchmark
     c.model.arch = "daformer_mit_b5"
-    c.optim.max_iters = 60000 if method in ("pipa", "pipa_pp") else 40000
+    c.optim.max_iters = 60000 if method in ("pipa", "pipa_pp", "pipa_mic") else 40000
     c.data.batch_size = 2
     c.data.num_workers = 4
     c.eval.interval = 4000
@@ -162,6 +176,7 @@ def _synthetic_schedule(c: TrainConfig) -> None:
     c.uda.ema_alpha = 0.99
     c.uda.pseudo_threshold = 0.968
     c.losses.patch.crop_size = 96
+    c.uda.mic_block_size = 16  # MIC's 64 at 512 rows, for the 4x smaller embedded benchmark
     c.losses.pixel.max_anchors = 512
     c.losses.patch.max_locations = 512
     c.losses.patch.num_negatives = 1024

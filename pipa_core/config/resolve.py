@@ -122,6 +122,11 @@ def validate_config(cfg: TrainConfig) -> TrainConfig:
         errs.append(f"data.benchmark={d.benchmark!r} is unknown; valid: {', '.join(BENCHMARKS)}")
     elif not errs:
         errs += _check_against_benchmark(cfg)
+    if u.mic and u.mode != "self_training":
+        errs.append(
+            f"uda.mic=true needs uda.mode=self_training (got {u.mode!r}): MIC trains on the "
+            "teacher's pseudo-labels"
+        )
     if lo.enabled and u.mode != "self_training":
         errs.append(
             f"losses.enabled={list(lo.enabled)} needs uda.mode=self_training (got {u.mode!r}); "

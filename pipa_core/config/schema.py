@@ -214,6 +214,12 @@ class UDAConfig:
     # thing classes whose features are pulled to ImageNet's
     fd_classes: Tuple[int, ...] = THING_CLASSES
     fd_min_ratio: float = 0.75  # min-ratio rule of the label downsampled to the feature map
+    # MIC (masked image consistency): the student also predicts the teacher's pseudo-labels
+    # on a block-masked, strongly augmented copy of the target image (MIC's released code)
+    mic: bool = False
+    mic_mask_ratio: float = 0.7  # share of blocks masked
+    mic_block_size: int = 64  # block side in pixels at the training resolution
+    mic_weight: float = 1.0  # weight of the masked-image cross-entropy
 
     def check(self) -> list[str]:
         """This section's own bounds (the pseudo-label crop is checked against the crop in
@@ -240,6 +246,12 @@ class UDAConfig:
             errs.append(f"uda.fd_lambda={self.fd_lambda} must be >= 0 (0 switches it off)")
         if not 0 < self.fd_min_ratio <= 1:
             errs.append(f"uda.fd_min_ratio={self.fd_min_ratio} must lie in (0, 1]")
+        if not 0 <= self.mic_mask_ratio < 1:
+            errs.append(f"uda.mic_mask_ratio={self.mic_mask_ratio} must lie in [0, 1) (MIC: 0.7)")
+        if self.mic_block_size < 1:
+            errs.append(f"uda.mic_block_size={self.mic_block_size} must be >= 1 (MIC: 64)")
+        if self.mic_weight < 0:
+            errs.append(f"uda.mic_weight={self.mic_weight} must be >= 0 (MIC: 1)")
         if any(not 0 <= c < NUM_CLASSES for c in self.fd_classes):
             errs.append(f"uda.fd_classes={tuple(self.fd_classes)} must be train IDs 0..18")
         return errs

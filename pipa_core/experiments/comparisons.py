@@ -44,6 +44,8 @@ METHOD_LABELS = {
     "daformer": "Self-training + DAFormer extras",
     "pipa": "Self-training + PiPa",
     "pipa_pp": "Self-training + PiPa++",
+    "mic": "Self-training + MIC",
+    "pipa_mic": "Self-training + PiPa + MIC",
     "spcl": "Self-training + SPCL",
 }
 #: The quickstart table's methods, in table order.

@@ -7,15 +7,16 @@ Self-training (DACS / DAFormer + PiPa):
 2. the EMA teacher predicts target pseudo-labels and their confidence weight;
 3. ClassMix pastes half of the source classes onto the target images, the
    mixed images get the strong augmentation, and the student is trained on
-   them with the pseudo-weighted cross-entropy;
+   them with the pseudo-weighted cross-entropy; with ``uda.mic`` (MIC) the student
+   also predicts the same pseudo-labels on a block-masked copy of the target images;
 4. patch contrast on two overlapping crops of the unlabelled target images;
    temporal contrast between a target key frame and its reference frame
    (PiPa++); SPCL prototype contrast;
-5. total = L_ce(source) + L_ce(mixed) + λ_FD·L_FD + α·L_pixel + β·L_patch (+ ...).
+5. total = L_ce(source) + L_ce(mixed) + λ_FD·L_FD + α·L_pixel + β·L_patch (+ L_mic, ...).
 
 The source-only and target-oracle baselines use :func:`supervised_step` (the
 oracle's "source" batch holds labelled target images). The step returns the
-loss; backward, optimizer and EMA updates belong to the trainer.
+loss; backward, optimizer and EMA updates belong to the engine (``uda.engine``).
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from pipa_core.data.base import HIDDEN_LABEL
 from pipa_core.labels import IGNORE_INDEX
 from pipa_core.uda.distributed import unwrap
 from pipa_core.uda.feature_distance import FeatureDistance
+from pipa_core.uda.masking import block_mask, mask_image
 from pipa_core.uda.mixing import mix, mix_batch, strong_augment
 from pipa_core.uda.pseudo_label import make_pseudo_label, pseudo_label_accuracy
 
@@ -161,6 +163,15 @@ def self_training_step(
     with ctx.autocast():
         out_m = nets.student(mixed_img)
     terms["ce_mix"] = seg.seg_loss(out_m, mixed_label, mixed_weight)
+
+    # 3b. MIC: a block-masked, strongly augmented target image, the same pseudo-labels.
+    if u.mic:
+        keep = block_mask(tgt["img"].shape, u.mic_mask_ratio, u.mic_block_size, g, device)
+        aug = strong_augment(tgt["img"], u.color_jitter_s, u.color_jitter_p, u.blur, generator=g)
+        with ctx.autocast():
+            out_k = nets.student(mask_image(aug, keep))
+        terms["mic"] = u.mic_weight * seg.seg_loss(out_k, pl.label, pl.weight)
+        logs["mic_visible"] = float(keep.mean())
 
     # 4a. Pixel contrast: source labels (+ confident pixels of the mixed image).
     if "pixel" in nets.losses:
