@@ -168,6 +168,14 @@ MODELS: dict[str, ModelSpec] = {
         smoke={**_SMOKE, "model.arch": "daformer_mit_b0"},
         label="MiT-B5 + DAFormer, DAFormer (RCS, feature distance; gta2cs_daformer)",
     ),
+    "dinov2_l_512": ModelSpec(
+        "gta2cs",
+        "pipa",
+        {"model.arch": "daformer_dinov2_l", "uda.fd_lambda": 0.0, "model.grad_checkpointing": True},
+        cpu={"data.crop_size": (128, 128), "losses.patch.crop_size": 144, "data.batch_size": 1},
+        smoke={**_SMOKE, "model.arch": "daformer_dinov2_s"},
+        label="DINOv2 ViT-L/14 + DAFormer head, PiPa, gradient checkpointing (gta2cs_pipa_dinov2l)",
+    ),
     "mit_b5_640": ModelSpec(
         "gta2cs",
         "pipa",

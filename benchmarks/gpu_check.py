@@ -15,7 +15,8 @@ cannot take the rest down:
 2. the paper-preset step (``bench_train_step.py``, MiT-B5 + DAFormer head, 512x512,
    2 source + 2 target): PiPa in fp32, bf16 and bf16 + compile, with the phase split
    and the cost of each contrastive loss; DACS and DAFormer in bf16 beside it;
-3. HRDA + PiPa step memory at the paper's crops (``bench_hrda_memory.py``, 1024x1024
+3. DINOv2 ViT-L/14 + PiPa step (bf16, gradient checkpointing) at 512x512; HRDA + PiPa
+   step memory at the paper's crops (``bench_hrda_memory.py``, 1024x1024
    context, 512x512 detail, 720x720 patches, bf16, with and without checkpointing);
 4. inference throughput (``bench_inference.py``): whole image and sliding window on
    512x1024 and on full-resolution 1024x2048 images, bf16.
@@ -68,10 +69,10 @@ def plan(smoke: bool, device: str, out: Path) -> list[dict[str, Any]]:
     ts = "train_step"
     return [
         step("cuda_tests", ["-m", "pytest", "-m", "cuda", "-q", "-p", "no:cacheprovider",
-                            str(REPO / "tests" / "test_cuda.py")], 100, None),
+                            str(REPO / "tests" / "test_cuda.py")], 90, None),
         step("pipa_fp32", [str(BENCH / "bench_train_step.py"), *dev, *size, *iters, *o,
                            "--models", pipa, "--ablation", "none", "--name", f"{ts}_gpucheck"],
-             50, f"{ts}_gpucheck_{device}.json"),
+             40, f"{ts}_gpucheck_{device}.json"),
         step("pipa_bf16", [str(BENCH / "bench_train_step.py"), *dev, *size, *iters, *o,
                            "--models", pipa, "--dtype", "bf16", "--ablation", "each",
                            "--name", f"{ts}_gpucheck"], 80, f"{ts}_gpucheck_bf16_{device}.json"),
@@ -79,11 +80,16 @@ def plan(smoke: bool, device: str, out: Path) -> list[dict[str, Any]]:
             step("pipa_bf16_compile", [str(BENCH / "bench_train_step.py"), *dev, *size, *iters,
                                        *o, "--models", pipa, "--dtype", "bf16", "--compile",
                                        "--ablation", "none", "--name", f"{ts}_gpucheck_compile"],
-                 110, f"{ts}_gpucheck_compile_bf16_{device}.json")]),
+                 100, f"{ts}_gpucheck_compile_bf16_{device}.json")]),
         step("dacs_daformer_bf16", [str(BENCH / "bench_train_step.py"), *dev, *size, *iters, *o,
                                     "--models", ratio, "--dtype", "bf16", "--ablation", "none",
                                     "--name", f"{ts}_gpucheck_baselines"],
-             50, f"{ts}_gpucheck_baselines_bf16_{device}.json"),
+             40, f"{ts}_gpucheck_baselines_bf16_{device}.json"),
+        step("dinov2_l_bf16", [str(BENCH / "bench_train_step.py"), *dev, *size, *iters, *o,
+                               "--models", "quickstart" if smoke else "dinov2_l_512",
+                               "--dtype", "bf16", "--ablation", "none",
+                               "--name", f"{ts}_gpucheck_dinov2"],
+             40, f"{ts}_gpucheck_dinov2_bf16_{device}.json"),
         step("hrda_memory", [str(BENCH / "bench_hrda_memory.py"), *dev, *o,
                              *(["--context", "64", "--arch", "hrda_daformer_mit_b0",
                                 "--batch", "1", "--cases", "pipa_hrda", "--steps", "1"]
@@ -148,6 +154,9 @@ def headline(out: Path, steps: list[dict[str, Any]]) -> dict[str, Any]:
             h[f"{key}_peak_gib"] = round(res[0]["step"]["peak_mem_mib"] / 1024, 2)
     for r in (files.get("dacs_daformer_bf16") or {}).get("results") or []:
         h[f"{r['name']}_bf16_step_s"] = round(r["step"]["median_ms"] / 1e3, 4)
+    for r in (files.get("dinov2_l_bf16") or {}).get("results") or []:
+        h["dinov2_l_bf16_step_s"] = round(r["step"]["median_ms"] / 1e3, 4)
+        h["dinov2_l_bf16_peak_gib"] = round(r["step"]["peak_mem_mib"] / 1024, 2)
     hrda = files.get("hrda_memory") or {}
     peaks = [
         r.get("peak_allocated_gib", r.get("peak_rss_gib"))

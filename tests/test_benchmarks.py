@@ -200,7 +200,7 @@ def test_gpu_check_plan_runs_end_to_end_at_smoke_sizes(tmp_path):
     # the paper plan: every measurement the issue names, each with a time limit
     names = [s["name"] for s in gc.plan(False, "cuda", tmp_path)]
     assert names == ["cuda_tests", "pipa_fp32", "pipa_bf16", "pipa_bf16_compile",
-                     "dacs_daformer_bf16", "hrda_memory", "inference"]  # fmt: skip
+                     "dacs_daformer_bf16", "dinov2_l_bf16", "hrda_memory", "inference"]  # fmt: skip
     assert sum(s["limit_s"] for s in gc.plan(False, "cuda", tmp_path)) <= 8 * 60
     only = "cuda_tests,pipa_bf16,hrda_memory"
     code = gc.main(["--smoke", "--device", "cpu", "--out", str(tmp_path), "--only", only])

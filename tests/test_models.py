@@ -145,6 +145,9 @@ def test_every_architecture_output_shapes(arch):
     expected_channels = {
         "deeplabv2": [256, 512, 1024, 2048],
         "mit_b0": [32, 64, 160, 256],
+        **{f"dinov2_s{r}": [96, 192, 384, 384] for r in ("", "_reg")},
+        **{f"dinov2_b{r}": [192, 384, 768, 768] for r in ("", "_reg")},
+        **{f"dinov2_l{r}": [256, 512, 1024, 1024] for r in ("", "_reg")},
     }.get(
         arch.split("_")[0] if arch.startswith("deeplab") else arch.split("_", 1)[1],
         [64, 128, 320, 512],

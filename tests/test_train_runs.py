@@ -401,7 +401,8 @@ def test_synthetic_presets_start_from_the_shipped_warm_start():
     added = {f"{s}.{k}" for s, v in today.items() if isinstance(v, dict) for k in v} - {
         f"{s}.{k}" for s, v in recorded.items() if isinstance(v, dict) for k in v
     }
-    assert added <= {"uda.mic", "uda.mic_mask_ratio", "uda.mic_block_size", "uda.mic_weight"}
+    assert added <= {"uda.mic", "uda.mic_mask_ratio", "uda.mic_block_size", "uda.mic_weight",
+                     "optim.layer_decay", "model.grad_checkpointing"}  # fmt: skip
     for method in ("source_only", "oracle", "dacs", "pipa"):
         cfg = get_preset(f"synthetic_{method}")
         assert cfg.model.init_from == "synthetic_warm_start"

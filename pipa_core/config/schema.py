@@ -117,6 +117,9 @@ class ModelConfig:
     backbone_prefix: str = "encoder."
     hrda_detail_ratio: float = 0.5  # hrda_* archs: detail crop side / context side (512 / 1024)
     hrda_hr_loss_weight: float = 0.1  # hrda_* archs: weight of the detail-crop CE
+    # recompute the encoder blocks in backward: less activation memory, one more encoder forward
+    # (MiT-B5 / HRDA / DINOv2 ViT-L on a 24-40 GB GPU)
+    grad_checkpointing: bool = False
 
     def check(self) -> list[str]:
         """This section's own bounds; ``init_from`` must name an existing file or asset."""
@@ -160,6 +163,9 @@ class OptimConfig:
     poly_power: float = 1.0  # poly decay (1 - it / max_iters) ** power after warmup
     min_lr_ratio: float = 0.0  # the poly decay ends at lr x this
     grad_clip: Optional[float] = None  # max gradient norm; None = no clipping
+    # Layer-wise lr decay of ViT (DINOv2) encoders: block i of n trains at
+    # lr * layer_decay ** (n - i), the embeddings at lr * layer_decay ** (n + 1); 1 = off
+    layer_decay: float = 1.0
 
     def check(self) -> list[str]:
         """This section's own bounds."""
@@ -184,6 +190,8 @@ class OptimConfig:
             errs.append(f"optim.poly_power={self.poly_power} must be >= 0")
         if not 0 <= self.min_lr_ratio <= 1:
             errs.append(f"optim.min_lr_ratio={self.min_lr_ratio} must lie in [0, 1]")
+        if not 0 < self.layer_decay <= 1:
+            errs.append(f"optim.layer_decay={self.layer_decay} must lie in (0, 1] (1 = off)")
         if self.grad_clip is not None and self.grad_clip <= 0:
             errs.append(f"optim.grad_clip={self.grad_clip} must be > 0 or null")
         return errs

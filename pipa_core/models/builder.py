@@ -2,7 +2,9 @@
 
 Names: ``daformer_mit_b0`` ... ``daformer_mit_b5`` (DAFormer head on MiT),
 ``segformer_mit_b0`` ... ``segformer_mit_b5`` (SegFormer all-MLP head) and
-``deeplabv2_r50`` / ``deeplabv2_r101`` (dilated ResNet + ASPP classifier), and
+``deeplabv2_r50`` / ``deeplabv2_r101`` (dilated ResNet + ASPP classifier),
+``daformer_dinov2_{s,b,l}`` (+ ``_reg``: with registers; DINOv2 ViT from timm with a
+multi-scale neck, :mod:`pipa_core.models.dinov2`), and
 ``hrda_<any of these>`` (HRDA's multi-resolution segmentor around it).
 :func:`build_from_config` builds the segmentor a run's ``model`` config describes;
 the trainer, the run loaders and the benchmarks all build through it.
@@ -19,6 +21,7 @@ from pipa_core.labels import NUM_CLASSES
 from pipa_core.models import mit
 from pipa_core.models.decoders import DAFormerHead, SegFormerHead
 from pipa_core.models.deeplabv2 import ASPPClassifier, ResNetEncoder
+from pipa_core.models.dinov2 import DINOV2_ENCODERS, DINOv2Encoder
 from pipa_core.models.hrda import (
     HRDA_PREFIX,
     LR_SCALE,
@@ -35,7 +38,12 @@ __all__ = ["ARCHS", "build_from_config", "build_segmentor", "output_stride_of"]
 _MIT = [f"mit_b{i}" for i in range(6)]
 _RESNETS = {"deeplabv2_r50": "resnet50", "deeplabv2_r101": "resnet101"}
 #: Every architecture name ``build_segmentor`` accepts.
-ARCHS = tuple([f"daformer_{m}" for m in _MIT] + [f"segformer_{m}" for m in _MIT] + list(_RESNETS))
+ARCHS = tuple(
+    [f"daformer_{m}" for m in _MIT]
+    + [f"segformer_{m}" for m in _MIT]
+    + list(_RESNETS)
+    + [f"daformer_{d}" for d in DINOV2_ENCODERS]
+)
 
 
 def output_stride_of(arch: str) -> int:
@@ -68,6 +76,7 @@ def build_segmentor(
     grad_checkpointing: bool = False,
     channels_last: bool = False,
     hrda: Optional[Mapping[str, Any]] = None,
+    vit_kwargs: Optional[Mapping[str, Any]] = None,
 ) -> Segmentor:
     """Build a segmentor by name.
 
@@ -90,6 +99,8 @@ def build_segmentor(
         channels_last: NHWC memory format (faster convolutions on recent GPUs).
         hrda: ``HRDASegmentor`` keyword arguments (``detail_size``, ``hr_loss_weight``,
             ``attention_channels`` ...) for ``hrda_*`` names; HRDA's defaults if omitted.
+        vit_kwargs: timm architecture overrides of a DINOv2 encoder (``embed_dim``,
+            ``depth``, ``num_heads``: small ViTs for tests and CPU tutorials).
 
     Raises:
         ValueError: unknown ``arch`` (the message lists the valid names), or ``hrda``
@@ -101,6 +112,7 @@ def build_segmentor(
         base = build_segmentor(
             base_arch, num_classes, pretrained, proj_heads, proj_dim, proj_hidden,
             decoder_channels, drop_path_rate, grad_checkpointing, channels_last,
+            vit_kwargs=vit_kwargs,
         )  # fmt: skip
         return HRDASegmentor(base, **dict(hrda or {}))
     _check_arch(arch, arch)
@@ -115,8 +127,12 @@ def build_segmentor(
         decoder: nn.Module = ASPPClassifier(encoder.out_channels[-1], num_classes)
         output_stride = 8
     else:
-        head, mit_name = arch.split("_", 1)
-        encoder = getattr(mit, mit_name)(drop_path_rate=drop_path_rate)
+        head, enc_name = arch.split("_", 1)
+        if enc_name in DINOV2_ENCODERS:
+            encoder = DINOv2Encoder(enc_name, drop_path_rate=drop_path_rate, **(vit_kwargs or {}))
+        else:
+            encoder = getattr(mit, enc_name)(drop_path_rate=drop_path_rate)
+        mit_name = enc_name
         if head == "daformer":
             decoder = DAFormerHead(
                 encoder.out_channels, num_classes, channels=decoder_channels or 256
@@ -150,8 +166,8 @@ def build_from_config(
 
     Args:
         model: a ``ModelConfig`` (any object with ``arch``, ``pretrained``,
-            ``decoder_channels``, ``proj_dim``, ``hrda_detail_ratio`` and
-            ``hrda_hr_loss_weight``).
+            ``decoder_channels``, ``proj_dim``, ``hrda_detail_ratio``,
+            ``hrda_hr_loss_weight`` and optionally ``grad_checkpointing``).
         crop_size: the run's resolved training crop ``(H, W)``; an HRDA detail crop is
             ``model.hrda_detail_ratio`` of it, aligned to the LR grid.
         enabled_losses: the run's enabled losses; each of ``pixel`` / ``patch`` /
@@ -164,6 +180,7 @@ def build_from_config(
         "proj_heads": tuple(n for n in PROJ_HEAD_NAMES if n in enabled_losses),
         "pretrained": model.pretrained if pretrained else None,
         "channels_last": channels_last,
+        "grad_checkpointing": getattr(model, "grad_checkpointing", False),
     }
     if model.proj_dim is not None:
         kwargs["proj_dim"] = model.proj_dim

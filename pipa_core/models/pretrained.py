@@ -33,6 +33,7 @@ import torch
 from torch import nn
 
 from pipa_core.models.deeplabv2 import ResNetEncoder
+from pipa_core.models.dinov2 import DINOv2Encoder
 from pipa_core.models.mit import MIT_CONFIGS, MixVisionTransformer
 
 __all__ = [
@@ -151,7 +152,8 @@ def _looks_like_safetensors(path: Path) -> bool:
 
 
 def detect_format(sd: StateDict) -> str:
-    """Name the key convention of ``sd``: ``mit_official``, ``mit_hf``, ``timm_resnet`` or ``pipa_segmentor``."""
+    """Name the key convention of ``sd``: ``mit_official``, ``mit_hf``, ``timm_resnet``,
+    ``vit_timm``, ``dinov2_official`` or ``pipa_segmentor``."""
     keys = list(sd)
     if any(k.startswith("encoder.") for k in keys) and any(k.startswith("decoder.") for k in keys):
         return "pipa_segmentor"
@@ -161,10 +163,17 @@ def detect_format(sd: StateDict) -> str:
         return "mit_official"
     if "conv1.weight" in sd and any(k.startswith("layer1.") for k in keys):
         return "timm_resnet"
+    vit = {k.removeprefix("backbone.") for k in keys}
+    if {"pos_embed", "patch_embed.proj.weight"} <= vit and any(
+        k.startswith("blocks.0.") for k in vit
+    ):
+        # the official DINOv2 release keeps its mask token and names registers differently
+        return "dinov2_official" if {"mask_token", "register_tokens"} & vit else "vit_timm"
     raise PretrainedLoadError(
         "unrecognised checkpoint format: expected official SegFormer keys (patch_embed1.proj.weight), "
         "Hugging Face keys (segformer.encoder.patch_embeddings.0.proj.weight), timm/torchvision ResNet "
-        f"keys (conv1.weight, layer1.0.conv1.weight) or an exported segmentor; first keys: {keys[:5]}"
+        "keys (conv1.weight, layer1.0.conv1.weight), DINOv2 ViT keys (timm or the official "
+        f"release: pos_embed, blocks.0.attn.qkv.weight) or an exported segmentor; first keys: {keys[:5]}"
     )
 
 
@@ -291,6 +300,26 @@ def _timm_resnet(sd: StateDict) -> Tuple[StateDict, List[str]]:
 
 
 # ---------------------------------------------------------------- architecture check
+def _dinov2_to_timm(sd: StateDict) -> Tuple[StateDict, List[str]]:
+    """A timm / official DINOv2 state dict in timm's names: the official release's
+    ``register_tokens`` is timm's ``reg_token``; its ``mask_token`` (used only in
+    pre-training) is not loaded."""
+    out, ignored = {}, []
+    for k, v in sd.items():
+        k = k.removeprefix("backbone.")
+        if k == "mask_token" or k.startswith("head."):
+            ignored.append(k)
+            continue
+        out["reg_token" if k == "register_tokens" else k] = v
+    return out, ignored
+
+
+def _vit_signature(sd: StateDict) -> Tuple[int, int, bool]:
+    """``(width, depth, registers)`` of a timm-named ViT state dict."""
+    depth = 1 + max(int(k.split(".")[1]) for k in sd if k.startswith("blocks."))
+    return sd["patch_embed.proj.weight"].shape[0], depth, "reg_token" in sd
+
+
 def _stage_depths(sd: StateDict, prefix: str, index_pos: int) -> Tuple[int, ...]:
     """Blocks per stage: distinct block indices under ``{prefix}{stage}.`` for stages 1-4."""
     return tuple(
@@ -334,6 +363,8 @@ def _architecture_mismatch(encoder: nn.Module, sd: StateDict) -> Optional[Tuple[
 
 
 def _model_name(encoder: nn.Module) -> str:
+    if isinstance(encoder, DINOv2Encoder):
+        return encoder.name
     if isinstance(encoder, MixVisionTransformer):
         return _describe_mit(encoder.config.embed_dims[0], tuple(encoder.config.depths))
     return getattr(encoder, "name", type(encoder).__name__)
@@ -381,7 +412,13 @@ def load_encoder_weights(encoder: nn.Module, source: Union[str, os.PathLike]) ->
             architecture (shape mismatch, or e.g. MiT-B5 depths into MiT-B3).
         RuntimeError: ``"imagenet"`` without network and without a cached copy.
     """
-    if str(source) == "imagenet":
+    if str(source) in ("imagenet", "dinov2"):
+        if (str(source) == "dinov2") != isinstance(encoder, DINOv2Encoder):
+            raise PretrainedLoadError(
+                f"pretrained={str(source)!r} does not fit the encoder {_model_name(encoder)}: "
+                "'dinov2' names the DINOv2 weights of a DINOv2 encoder, 'imagenet' the ImageNet "
+                "weights of MiT / ResNet encoders"
+            )
         return _load_from_hub(encoder, _model_name(encoder))
     return _load_encoder_state(encoder, read_state_dict(source), str(source))
 
@@ -399,6 +436,24 @@ def _load_encoder_state(encoder: nn.Module, raw: StateDict, path: str) -> LoadRe
                 f"{path} holds {fmt} weights, not an MiT encoder; {name} needs an official SegFormer "
                 f"{name}.pth or a Hugging Face {HF_MIT_REPOS.get(name, 'nvidia/mit-b*')} checkpoint"
             )
+    elif isinstance(encoder, DINOv2Encoder):
+        if fmt not in ("vit_timm", "dinov2_official"):
+            raise PretrainedLoadError(
+                f"{path} holds {fmt} weights, not a DINOv2 ViT; {name} needs timm's "
+                f"{encoder.timm_name} weights or the official DINOv2 .pth of that size"
+            )
+        sd, ignored = _dinov2_to_timm(raw)
+        file_sig, model_sig = _vit_signature(sd), _vit_signature(encoder.vit.state_dict())
+        if file_sig != model_sig:
+            desc = "ViT width {}, {} blocks, registers {}".format
+            raise PretrainedLoadError(
+                f"{path} holds a {desc(*file_sig)} but the encoder {name} is a "
+                f"{desc(*model_sig)}; pass the weights of {encoder.timm_name}"
+            )
+        report = _copy_into(encoder.vit, sd, path, fmt, None)
+        report.ignored = ignored
+        _log_report(report)
+        return report
     elif isinstance(encoder, ResNetEncoder):
         if fmt != "timm_resnet":
             raise PretrainedLoadError(
@@ -458,8 +513,8 @@ def load_pretrained(seg: nn.Module, source: Union[str, os.PathLike]) -> LoadRepo
     (``mit_official``, ``mit_hf``, ``timm_resnet``) or the whole segmentor
     (``pipa_segmentor``).
     """
-    if str(source) == "imagenet":
-        return load_encoder_weights(seg.encoder, "imagenet")
+    if str(source) in ("imagenet", "dinov2"):
+        return load_encoder_weights(seg.encoder, str(source))
     raw = read_state_dict(source)
     if detect_format(raw) == "pipa_segmentor":
         return _load_segmentor_state(seg, raw, str(source), strict=True)
@@ -479,6 +534,8 @@ def _load_from_hub(encoder: nn.Module, name: str) -> LoadReport:
         return load_encoder_weights(encoder, path)
     if isinstance(encoder, ResNetEncoder):
         return _timm_hub(encoder, name)
+    if isinstance(encoder, DINOv2Encoder):
+        return _timm_dinov2_hub(encoder)
     raise ValueError(f"no ImageNet weights are published for {name}; pass a weights file path")
 
 
@@ -528,6 +585,26 @@ def _timm_hub(encoder: ResNetEncoder, name: str) -> LoadReport:
         ) from e
     sd, ignored = _timm_resnet(state)
     report = _copy_into(encoder, sd, f"timm hub ({name})", "timm_resnet", name)
+    report.ignored = ignored
+    _log_report(report)
+    return report
+
+
+def _timm_dinov2_hub(encoder: DINOv2Encoder) -> LoadReport:
+    """DINOv2 weights through timm's hub (``timm/<name>.lvd142m`` on Hugging Face)."""
+    import timm
+
+    try:
+        state = timm.create_model(encoder.timm_name, pretrained=True).state_dict()
+    except Exception as e:  # offline, DNS, missing cache
+        raise RuntimeError(
+            f"could not get the DINOv2 weights of {encoder.timm_name} from the hub "
+            f"({type(e).__name__}: {e}). On an offline machine download them elsewhere (timm's "
+            f"https://huggingface.co/timm/{encoder.timm_name}.lvd142m, or the official "
+            "dinov2_vit*14*_pretrain.pth) and pass the file: model.pretrained=/path/to/file"
+        ) from e
+    sd, ignored = _dinov2_to_timm(state)
+    report = _copy_into(encoder.vit, sd, f"timm hub ({encoder.timm_name})", "vit_timm", None)
     report.ignored = ignored
     _log_report(report)
     return report

@@ -58,6 +58,23 @@ def resolve_amp(amp: str, device: torch.device) -> Optional[torch.dtype]:
     return {"bf16": torch.bfloat16, "fp16": torch.float16}[amp]
 
 
+def layer_lr_scale(student: nn.Module, cfg: TrainConfig) -> Optional[Callable[[str], float]]:
+    """``name -> lr factor`` of layer-wise lr decay for a DINOv2 encoder (None: off)."""
+    from pipa_core.models.dinov2 import DINOv2Encoder, dinov2_layer_id
+
+    encoder = getattr(student, "encoder", None)
+    decay, prefix = cfg.optim.layer_decay, cfg.model.backbone_prefix
+    if decay >= 1 or not isinstance(encoder, DINOv2Encoder):
+        return None
+    n = len(encoder.vit.blocks)
+
+    def scale(name: str) -> float:
+        layer = dinov2_layer_id(name[len(prefix) :], n)
+        return 1.0 if layer is None else decay ** (n + 1 - layer)
+
+    return scale
+
+
 def describe_fault(out: StepOutput, batch: dict) -> str:
     """Which loss terms and which input images of a rejected step were non-finite."""
     terms = [f"{k}={v}" for k, v in out.logs.items() if not math.isfinite(v)]
@@ -178,7 +195,7 @@ class Engine:
             nets.student = torch.compile(nets.student, dynamic=False)
         optimizer = build_optimizer(
             student, o.lr, o.weight_decay, o.head_lr_mult, tuple(o.betas),
-            (cfg.model.backbone_prefix,),
+            (cfg.model.backbone_prefix,), layer_scale=layer_lr_scale(student, cfg),
         )  # fmt: skip
         scheduler = build_scheduler(
             optimizer, o.max_iters, o.warmup_iters, o.poly_power, o.warmup_ratio, o.min_lr_ratio

@@ -14,6 +14,7 @@ polynomial decay ``(1 − it / max_iters) ** power`` down to ``min_lr`` (mmcv's
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Callable, Optional
 
 import torch
 from torch import nn
@@ -39,13 +40,17 @@ def param_groups(
     weight_decay: float,
     head_lr_mult: float = 10.0,
     backbone_prefixes: Sequence[str] = ("encoder.",),
-    no_decay_keys: Sequence[str] = ("pos_block", "pos_embed"),
+    no_decay_keys: Sequence[str] = ("pos_block", "pos_embed", "cls_token", "reg_token"),
+    layer_scale: Optional[Callable[[str], float]] = None,
 ) -> list[dict]:
-    """Split trainable parameters into up to four AdamW groups.
+    """Split trainable parameters into AdamW groups.
 
     Groups are named ``{backbone|head}_{decay|no_decay}`` (key ``"name"``) and
     carry their ``lr`` and ``weight_decay``. Parameters whose name starts with
-    one of ``backbone_prefixes`` are the backbone; the rest are heads.
+    one of ``backbone_prefixes`` are the backbone; the rest are heads. With
+    ``layer_scale`` (layer-wise lr decay of ViT encoders), each backbone parameter's
+    lr is multiplied by ``layer_scale(name)``, one group per distinct factor
+    (``backbone_decay_x0.531``...).
     """
     no_decay = _no_decay_names(model, no_decay_keys)
     groups: dict[str, dict] = {}
@@ -54,19 +59,21 @@ def param_groups(
             continue
         part = "backbone" if name.startswith(tuple(backbone_prefixes)) else "head"
         decay = "no_decay" if name in no_decay else "decay"
-        key = f"{part}_{decay}"
+        scale = layer_scale(name) if layer_scale is not None and part == "backbone" else 1.0
+        key = f"{part}_{decay}" + ("" if scale == 1.0 else f"_x{scale:.4g}")
         if key not in groups:
             groups[key] = {
                 "name": key,
+                "kind": f"{part}_{decay}",
                 "params": [],
                 "param_names": [],
-                "lr": lr * (head_lr_mult if part == "head" else 1.0),
+                "lr": lr * (head_lr_mult if part == "head" else scale),
                 "weight_decay": 0.0 if decay == "no_decay" else weight_decay,
             }
         groups[key]["params"].append(p)
         groups[key]["param_names"].append(name)
     order = ["backbone_decay", "backbone_no_decay", "head_decay", "head_no_decay"]
-    return [groups[k] for k in order if k in groups]
+    return sorted(groups.values(), key=lambda g: (order.index(g["kind"]), -g["lr"]))
 
 
 def build_optimizer(
@@ -76,9 +83,12 @@ def build_optimizer(
     head_lr_mult: float = 10.0,
     betas: tuple[float, float] = (0.9, 0.999),
     backbone_prefixes: Sequence[str] = ("encoder.",),
+    layer_scale: Optional[Callable[[str], float]] = None,
 ) -> torch.optim.AdamW:
     """AdamW over :func:`param_groups` (``param_names`` are kept in each group for inspection)."""
-    groups = param_groups(model, lr, weight_decay, head_lr_mult, backbone_prefixes)
+    groups = param_groups(
+        model, lr, weight_decay, head_lr_mult, backbone_prefixes, layer_scale=layer_scale
+    )
     if not groups:
         raise ValueError("the model has no trainable parameters")
     # The fused kernel updates every tensor in one pass instead of a Python loop (CPU)
