@@ -296,7 +296,7 @@ def main(argv: Optional[list[str]] = None) -> int:
             cfg, {**over, "data.data_root": str(root), "data.batch_size": args.batch_size}
         )
         spec = uda_config.resolve_benchmark(cfg)
-        train_set, _ = build_datasets(cfg, spec)
+        train_set, _ = build_datasets(uda_config.resolve(cfg, validate=False))
         stages = stage_times(root, cfg, spec, repeats)
         loader = []
         for w in workers:

@@ -46,7 +46,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from pipa_core.config import apply_overrides, make_config, resolve_benchmark  # noqa: E402
+from pipa_core.config import apply_overrides, make_config, resolve  # noqa: E402
 from pipa_core.io import atomic_write_json, atomic_write_text  # noqa: E402
 from pipa_core.uda.distributed import DistInfo  # noqa: E402
 from pipa_core.uda.engine import Engine  # noqa: E402
@@ -141,7 +141,7 @@ def build_case(args: argparse.Namespace, case: str, device: torch.device):
     cfg.runtime.amp = args.amp  # set directly: "off" is a YAML keyword
     cfg.runtime.seed = 0
     # the trainer's own engine: networks, AdamW, schedule, GradScaler, EMA, step context
-    eng = Engine.build(cfg, resolve_benchmark(cfg), DistInfo(device=device))
+    eng = Engine.build(resolve(cfg), DistInfo(device=device))
     eng.student.set_grad_checkpointing(ckpt)
     eng.student.train()
     return cfg, eng

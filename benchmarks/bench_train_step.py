@@ -245,7 +245,7 @@ class BenchEngine(Engine):
         # Static shapes when compiled: the step feeds the student three input sizes (crop,
         # patch crops, temporal frames); see docs/performance.md.
         cfg.runtime.compile = compile_student
-        eng = cls.build(cfg, uda_config.resolve_benchmark(cfg), DistInfo(device=device))
+        eng = cls.build(uda_config.resolve(cfg), DistInfo(device=device))
         eng.student.train()
         for m in eng.nets.losses.values():
             m.train()

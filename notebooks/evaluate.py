@@ -54,7 +54,7 @@ notebook_setup(num_threads)  # repository root as cwd (data/, runs/, figures/), 
 # %%
 from torch.utils.data import Subset
 
-from pipa_core.config import resolve_benchmark, resolve_eval
+from pipa_core.config import resolve
 from pipa_core.data.benchmarks import build_val_dataset
 from pipa_core.experiments.runs import evaluate_run, load_run_config, load_segmentor
 from pipa_core.uda.distributed import resolve_device
@@ -63,7 +63,8 @@ dev = resolve_device(device)
 cfg = load_run_config(run)
 if benchmark is not None:
     cfg.data.benchmark = benchmark
-spec = resolve_benchmark(cfg)
+resolved = resolve(cfg, validate=False)  # what the run used: benchmark, protocol, ...
+spec = resolved.spec
 model = load_segmentor(run, which, device=dev)
 # the split the trainer scored, for the figures and the browser (labels at image size);
 # the mIoU below is computed on full-resolution labels by evaluate_run
@@ -75,7 +76,7 @@ out = (
     if out_dir
     else Path(run if Path(run).is_dir() else Path(run).parent.parent) / "eval"
 )
-settings = resolve_eval(cfg, spec)
+settings = resolved.eval
 print(
     f"{cfg.name}: {len(val)} images of {spec.name} ({spec.val.root}/{spec.val.split}), "
     f"{mode or settings.mode} inference, protocols {settings.protocols}"

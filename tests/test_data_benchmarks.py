@@ -154,7 +154,7 @@ def _find_window(crop: torch.Tensor, images: list[torch.Tensor]):
 
 
 def test_synthetic_target_is_not_distorted_and_carries_its_hidden_label(tmp_path):
-    from pipa_core.config import apply_overrides, make_config, resolve_benchmark
+    from pipa_core.config import apply_overrides, make_config, resolve
     from pipa_core.data.synthetic import SyntheticDataset, ensure_synthetic
     from pipa_core.uda.data_stream import build_datasets
 
@@ -164,7 +164,7 @@ def test_synthetic_target_is_not_distorted_and_carries_its_hidden_label(tmp_path
     labels = [raw[i]["label"] for i in range(len(raw))]
     base = ["data.synthetic_size=tiny", f"data.data_root={tmp_path}", "data.color_distortion=1"]
     cfg = apply_overrides(make_config("synthetic", "dacs"), base)
-    train, _ = build_datasets(cfg, resolve_benchmark(cfg))
+    train, _ = build_datasets(resolve(cfg, validate=False))
     for k in range(4):
         tgt = train[k]["target"]
         assert (tgt["label"] == 255).all()  # self-training never sees target labels ...
@@ -175,7 +175,7 @@ def test_synthetic_target_is_not_distorted_and_carries_its_hidden_label(tmp_path
         assert torch.equal(tgt["hidden_label"], want.flip(-1) if flipped else want)
     # The switch back: photometric distortion of the target images too.
     cfg = apply_overrides(cfg, ["data.target_photometric=true"])
-    train, _ = build_datasets(cfg, resolve_benchmark(cfg))
+    train, _ = build_datasets(resolve(cfg, validate=False))
     assert any(_find_window(train[k]["target"]["img"], images) is None for k in range(8))
 
 

@@ -202,3 +202,23 @@ def test_a_fractional_integer_is_an_error_not_truncated():
         apply_overrides(get_preset("synthetic_pipa"), ["optim.max_iters=2e3"]).optim.max_iters
         == 2000
     )
+
+
+def test_resolve_gives_one_frozen_description_of_the_run():
+    import dataclasses
+
+    from pipa_core.config import Run, resolve, resolve_eval
+
+    cfg = get_preset("gta2cs_hrda")
+    run = resolve(cfg)
+    assert isinstance(run, Run) and run.spec == resolve_benchmark(cfg)
+    assert run.pseudo_rows == pseudo_crop_rows(cfg, run.spec) == (30, 240)
+    assert run.patch_crop == patch_crop_size(cfg, run.spec) == 720
+    assert run.eval == resolve_eval(cfg, run.spec) and run.eval.stride == (512, 512)
+    assert run.heads == ("pixel", "patch") and run.crop_size == (1024, 1024)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        run.patch_crop = 1  # type: ignore[misc]
+    cfg.optim.max_iters = 1  # the run keeps its own copy of the config
+    assert run.cfg.optim.max_iters == 60000
+    with pytest.raises(ConfigError, match="optim.lr"):
+        resolve(apply_overrides(cfg, ["optim.lr=-1"]))

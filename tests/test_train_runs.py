@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pipa_core.config import apply_overrides, get_preset, resolve_benchmark
+from pipa_core.config import apply_overrides, get_preset, resolve, resolve_benchmark
 from pipa_core.data.synthetic import ensure_synthetic
 from pipa_core.eval.evaluate import evaluate
 from pipa_core.uda.checkpoint import load_checkpoint
@@ -322,7 +322,7 @@ def test_real_benchmark_is_scored_at_full_label_resolution(real_root, tmp_path):
         [f"data.data_root={real_root}", "data.target_scale=16,32", "data.source_scale=16,32",
          "data.crop_size=16,16", "data.rcs=false"],
     )  # fmt: skip
-    _, val = build_datasets(cfg, resolve_benchmark(cfg))
+    _, val = build_datasets(resolve(cfg, validate=False))
     item = val[0]
     files = sorted((real_root / "cityscapes" / "gtFine" / "val").rglob("*_labelTrainIds.png"))
     full = read_label(files[0])

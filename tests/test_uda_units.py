@@ -358,13 +358,13 @@ def test_mic_term_trains_the_student(tmp_path):
             "model.decoder_channels=8", "model.proj_dim=8", f"uda.mic={str(mic).lower()}",
             "uda.mic_block_size=8", "uda.pseudo_threshold=0.0",
         ])  # fmt: skip
-        from pipa_core.config import resolve_benchmark
+        from pipa_core.config import resolve
         from pipa_core.uda.data_stream import build_datasets
 
-        spec = resolve_benchmark(cfg)
-        train_set, _ = build_datasets(cfg, spec)
+        run = resolve(cfg)
+        train_set, _ = build_datasets(run)
         batch = torch.utils.data.default_collate([train_set[0], train_set[1]])
-        eng = Engine.build(cfg, spec)
+        eng = Engine.build(run)
         out = training_step(batch, eng.nets, cfg, eng.ctx)
         out.loss.backward()
         return out, {

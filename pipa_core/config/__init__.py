@@ -5,8 +5,9 @@
 - :mod:`~pipa_core.config.presets`: method recipes (:data:`METHODS`) and benchmark
   schedules; :func:`make_config` / :func:`get_preset` / :func:`preset_names`;
 - :mod:`~pipa_core.config.overrides`: :func:`apply_overrides` (``section.key=value``);
-- :mod:`~pipa_core.config.resolve`: what a run uses (:func:`resolve_benchmark`,
-  :func:`resolve_eval`, pseudo-label and patch crops) and :func:`validate_config`;
+- :mod:`~pipa_core.config.resolve`: :func:`resolve` -> :class:`Run`, what a run uses
+  (benchmark, evaluation protocol, pseudo-label and patch crops, heads), and
+  :func:`validate_config`;
 - :mod:`~pipa_core.config.typed`: the generic dict / YAML / CLI-text coercion and
   :class:`ConfigError`.
 """
@@ -21,8 +22,10 @@ from pipa_core.config.presets import (
 )
 from pipa_core.config.resolve import (
     EvalSettings,
+    Run,
     patch_crop_size,
     pseudo_crop_rows,
+    resolve,
     resolve_benchmark,
     resolve_eval,
     validate_config,
@@ -60,6 +63,7 @@ __all__ = [
     "DataConfig",
     "EvalConfig",
     "EvalSettings",
+    "Run",
     "LossConfig",
     "ModelConfig",
     "OptimConfig",
@@ -76,6 +80,7 @@ __all__ = [
     "patch_crop_size",
     "preset_names",
     "pseudo_crop_rows",
+    "resolve",
     "resolve_benchmark",
     "resolve_eval",
     "validate_config",

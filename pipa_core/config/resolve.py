@@ -1,5 +1,11 @@
 """Resolution: what a run *uses* from what its config *says*, and the cross-section checks.
 
+:func:`resolve` turns a :class:`TrainConfig` (what the user says, ``None`` = "the
+benchmark's") into one frozen :class:`Run` (what the run uses: the benchmark with
+the config's overrides, the evaluation protocol, the pseudo-label crop rows, the
+patch crop, the projection heads). The trainer, the engine, the datasets, the
+run loaders and the evaluate notebook all read the same ``Run``.
+
 ``None`` in a config means "the benchmark's"; these functions are the only place
 where the config meets the benchmark: the benchmark with the config's overrides
 (:func:`resolve_benchmark`), the evaluation protocol (:func:`resolve_eval`), the
@@ -19,6 +25,8 @@ from pipa_core.config.typed import ConfigError
 
 __all__ = [
     "EvalSettings",
+    "Run",
+    "resolve",
     "patch_crop_size",
     "pseudo_crop_rows",
     "resolve_benchmark",
@@ -167,3 +175,47 @@ def _check_against_benchmark(cfg: TrainConfig) -> list[str]:
             "temporal loss"
         )
     return errs
+
+
+@dataclasses.dataclass(frozen=True)
+class Run:
+    """Everything a run uses, resolved once (see the module docstring).
+
+    ``cfg`` is a private copy of the config as given (saved to ``config.json``);
+    the other fields are derived from it and the benchmark and are what the code
+    reads instead of recomputing them.
+    """
+
+    cfg: TrainConfig
+    spec: Any  # pipa_core.data.benchmarks.BenchmarkSpec with the config's overrides
+    eval: EvalSettings
+    pseudo_rows: tuple[int, int]  # (top, bottom) rows of the target crop without pseudo-labels
+    patch_crop: int  # side of the patch-contrast crops
+    heads: tuple[str, ...]  # projection heads of the enabled losses
+
+    @property
+    def crop_size(self) -> tuple[int, int]:
+        """The training crop ``(H, W)``."""
+        return tuple(self.spec.crop_size)
+
+
+def resolve(cfg: TrainConfig, validate: bool = True) -> Run:
+    """The :class:`Run` of ``cfg``; with ``validate`` it first runs :func:`validate_config`
+    (raises :class:`ConfigError`). Loaders of *finished* runs pass ``validate=False``:
+    their config describes the run even when a file it started from is gone."""
+    import copy
+
+    from pipa_core.models.projection import PROJ_HEAD_NAMES
+
+    cfg = copy.deepcopy(cfg)
+    if validate:
+        validate_config(cfg)
+    spec = resolve_benchmark(cfg)
+    return Run(
+        cfg=cfg,
+        spec=spec,
+        eval=resolve_eval(cfg, spec),
+        pseudo_rows=pseudo_crop_rows(cfg, spec),
+        patch_crop=patch_crop_size(cfg, spec),
+        heads=tuple(n for n in PROJ_HEAD_NAMES if n in cfg.losses.enabled),
+    )

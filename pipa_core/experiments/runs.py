@@ -55,11 +55,11 @@ def build_segmentor_for(cfg) -> nn.Module:
     student, so HRDA runs (``hrda_*`` archs) come back as multi-resolution segmentors
     with their scale attention.
     """
-    from pipa_core.config import resolve_benchmark
+    from pipa_core.config import resolve
     from pipa_core.models import build_from_config
 
-    crop = resolve_benchmark(cfg).crop_size
-    return build_from_config(cfg.model, crop, cfg.losses.enabled, pretrained=False)
+    run = resolve(cfg, validate=False)  # a finished run: its start files may be gone
+    return build_from_config(cfg.model, run.crop_size, run.heads, pretrained=False)
 
 
 def load_segmentor(
@@ -110,15 +110,15 @@ def evaluate_run(
 
     from torch.utils.data import DataLoader
 
-    from pipa_core.config import resolve_benchmark, resolve_eval
+    from pipa_core.config import resolve
     from pipa_core.data.benchmarks import build_val_dataset
     from pipa_core.eval.evaluate import evaluate
 
     cfg = load_run_config(run)
     if benchmark is not None:
         cfg.data.benchmark = benchmark
-    spec = resolve_benchmark(cfg)
-    settings = resolve_eval(cfg, spec)
+    resolved = resolve(cfg, validate=False)  # what the run used: benchmark, protocol, ...
+    spec, settings = resolved.spec, resolved.eval
     if mode is not None:
         settings = replace(settings, mode=mode)
     if max_samples is not None:

@@ -19,12 +19,12 @@ from collections.abc import Iterator
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
-from pipa_core.config import TrainConfig
+from pipa_core.config import Run, TrainConfig
 from pipa_core.uda.distributed import DistInfo
 
 
-def build_datasets(cfg: TrainConfig, spec) -> tuple[Dataset, Dataset]:
-    """``(train, val)`` datasets for ``cfg`` on the resolved benchmark ``spec``.
+def build_datasets(run: Run) -> tuple[Dataset, Dataset]:
+    """``(train, val)`` datasets of a resolved run (:func:`pipa_core.config.resolve`).
 
     Self-training and source-only runs train on UDA pairs ``{"source", "target"}``.
     The target oracle trains on *labelled* target images: its pairs carry the
@@ -34,6 +34,7 @@ def build_datasets(cfg: TrainConfig, spec) -> tuple[Dataset, Dataset]:
     from pipa_core.data.benchmarks import build_train_dataset, build_val_dataset
     from pipa_core.data.transforms import SourceAugment
 
+    cfg, spec = run.cfg, run.spec
     d = cfg.data
     root = d.data_root
     augment = SourceAugment(d.color_distortion, d.source_blur, d.source_noise, d.source_ratio_range)

@@ -1,7 +1,6 @@
 """The training engine: everything one iteration needs, built in one place.
 
-:meth:`Engine.build` turns a validated :class:`~pipa_core.config.TrainConfig`
-and its resolved benchmark into the networks (student, EMA teacher, feature
+:meth:`Engine.build` turns a resolved run (:func:`pipa_core.config.resolve`) into the networks (student, EMA teacher, feature
 distance, loss modules), the optimizer and schedule, mixed precision and the step's
 context; :meth:`Engine.step` runs one iteration: the training step (forward and
 losses, :mod:`pipa_core.uda.step`), backward, gradient clipping, the optimizer,
@@ -22,7 +21,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from pipa_core.config import TrainConfig, patch_crop_size, pseudo_crop_rows
+from pipa_core.config import Run, TrainConfig
 from pipa_core.labels import NUM_CLASSES
 from pipa_core.uda import checkpoint as ckpt
 from pipa_core.uda.distributed import (
@@ -92,13 +91,12 @@ def describe_fault(out: StepOutput, batch: dict) -> str:
     return "; ".join(parts)
 
 
-def build_networks(cfg: TrainConfig, spec, device: torch.device) -> tuple[nn.Module, Networks]:
-    """Student segmentor, EMA teacher, feature-distance copy and loss modules for ``cfg``.
+def build_networks(run: Run, device: torch.device) -> tuple[nn.Module, Networks]:
+    """Student segmentor, EMA teacher, feature-distance copy and loss modules of ``run``.
 
-    ``spec`` is the resolved benchmark (its crop sizes the HRDA detail crop).
-
-    Only the projection heads of enabled losses are built, so DDP never sees
-    unused parameters. Returns ``(student_module, Networks)`` (student not yet wrapped).
+    Only the projection heads of enabled losses (``run.heads``) are built, so DDP never
+    sees unused parameters; the crop sizes an HRDA detail crop. Returns
+    ``(student_module, Networks)`` (student not yet wrapped).
     """
     from pipa_core.losses import (
         ClassMemoryBank,
@@ -109,9 +107,10 @@ def build_networks(cfg: TrainConfig, spec, device: torch.device) -> tuple[nn.Mod
     )
     from pipa_core.models import build_from_config
 
+    cfg = run.cfg
     m, lc = cfg.model, cfg.losses
     student = build_from_config(
-        m, spec.crop_size, lc.enabled, channels_last=cfg.runtime.channels_last
+        m, run.crop_size, run.heads, channels_last=cfg.runtime.channels_last
     ).to(device)
     if m.init_from is not None:  # a warm start: every tensor but the projection heads
         from pipa_core.assets import resolve_weights
@@ -162,8 +161,7 @@ class Engine:
     (ClassMix masks, patch crops), seeded per rank.
     """
 
-    cfg: TrainConfig
-    spec: Any
+    run: Run
     info: DistInfo
     student: nn.Module
     nets: Networks
@@ -177,16 +175,17 @@ class Engine:
     last_fault: Optional[str] = None
 
     @classmethod
-    def build(cls, cfg: TrainConfig, spec, info: Optional[DistInfo] = None) -> Engine:
-        """Build everything from ``cfg`` and the resolved benchmark ``spec`` on ``info.device``.
+    def build(cls, run: Run, info: Optional[DistInfo] = None) -> Engine:
+        """Build everything a resolved :class:`~pipa_core.config.Run` needs on ``info.device``.
 
         Every rank builds the same initial weights (under ``runtime.seed``), then reseeds
         per rank for the step's randomness. ``info`` defaults to one process on the CPU.
         """
         info = info if info is not None else DistInfo()
+        cfg = run.cfg
         r, o, device = cfg.runtime, cfg.optim, info.device
         seed_everything(r.seed)
-        student, nets = build_networks(cfg, spec, device)
+        student, nets = build_networks(run, device)
         seed_everything(r.seed + 1000 * info.rank)
         nets.student = wrap_model(student, info, r.sync_bn, r.find_unused_parameters)
         if r.compile:
@@ -205,15 +204,23 @@ class Engine:
         generator = torch.Generator().manual_seed(r.seed * 7919 + info.rank)
         ctx = StepContext(
             generator=generator,
-            pseudo_crop=pseudo_crop_rows(cfg, spec),
-            patch_crop=patch_crop_size(cfg, spec),
+            pseudo_crop=run.pseudo_rows,
+            patch_crop=run.patch_crop,
             autocast=functools.partial(
                 torch.autocast, device.type, dtype=amp_dtype, enabled=amp_dtype is not None
             ),
         )
         return cls(
-            cfg, spec, info, student, nets, optimizer, scheduler, scaler, amp_dtype, generator, ctx
+            run, info, student, nets, optimizer, scheduler, scaler, amp_dtype, generator, ctx
         )
+
+    @property
+    def cfg(self) -> TrainConfig:
+        return self.run.cfg
+
+    @property
+    def spec(self):
+        return self.run.spec
 
     @property
     def device(self) -> torch.device:

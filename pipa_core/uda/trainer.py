@@ -24,13 +24,7 @@ from typing import Any, Callable, Optional
 
 import torch
 
-from pipa_core.config import (
-    ConfigError,
-    TrainConfig,
-    resolve_benchmark,
-    resolve_eval,
-    validate_config,
-)
+from pipa_core.config import ConfigError, TrainConfig, resolve
 from pipa_core.io import atomic_torch_save, atomic_write_json
 from pipa_core.uda import checkpoint as ckpt
 from pipa_core.uda.data_stream import BatchStream, build_datasets, val_loader
@@ -109,7 +103,8 @@ class Trainer:
     """
 
     def __init__(self, cfg: TrainConfig):
-        self.cfg = validate_config(cfg)
+        self.run = resolve(cfg)  # validated, resolved once: everything below reads it
+        self.cfg = cfg = self.run.cfg
         r = cfg.runtime
         if r.num_threads is not None:
             torch.set_num_threads(r.num_threads)
@@ -120,13 +115,13 @@ class Trainer:
         self.info: DistInfo = init_distributed(r.device, timeout_s=r.ddp_timeout_s)
         self.device = self.info.device
         self.run_dir = cfg.resolved_run_dir
-        self.spec = resolve_benchmark(cfg)
+        self.spec = self.run.spec
         # What a user can get wrong is checked before the (slow) model building.
         check_run_dir(self.run_dir, self.info.is_main)
         resume_state = self._read_resume_state() if r.resume else None
-        train_set, self.val_set = build_datasets(cfg, self.spec)
+        train_set, self.val_set = build_datasets(self.run)
 
-        self.engine = Engine.build(cfg, self.spec, self.info)
+        self.engine = Engine.build(self.run, self.info)
         e = self.engine  # the trainer's names for the engine's parts (same objects)
         self.student, self.nets, self.optimizer = e.student, e.nets, e.optimizer
         self.scheduler, self.scaler, self.amp_dtype = e.scheduler, e.scaler, e.amp_dtype
@@ -136,7 +131,7 @@ class Trainer:
             train_set, cfg.data.batch_size, self.info, r.seed, cfg.data.num_workers
         )
         self.val_loader = val_loader(self.val_set, cfg, self.info)
-        self.eval_settings = resolve_eval(cfg, self.spec)
+        self.eval_settings = self.run.eval
 
         self.iteration = 0
         self.nonfinite_streak = 0
