@@ -336,77 +336,30 @@ class Trainer:
             desc=cfg.name, dynamic_ncols=True,
         )  # fmt: skip
         old_handlers = self._install_signal_handlers()
-        sums: dict[str, float] = {}
-        count, good, t0, t_start = 0, 0, time.perf_counter(), time.perf_counter()
-        evals: list[dict] = []
-        signalled = False
+        window, evals, signalled = _LogWindow(), [], False
+        t_start = time.perf_counter()
         self.student.train()
         try:
             while self.iteration < stop_at:
                 it = self.iteration
-                batch = self.stream.next()
-                out, ok = self.engine.step(batch, it, self.step_fn)
-                if ok:
-                    self.nonfinite_streak = 0
-                else:
-                    self.nonfinite_streak += 1
-                    self.skipped_steps += 1
-                    log.warning(
-                        "iteration %d: step rejected and undone (%s); %d in a row, limit "
-                        "runtime.max_nonfinite=%d",
-                        it, self.engine.last_fault, self.nonfinite_streak, r.max_nonfinite,
-                    )  # fmt: skip
-                    if self.nonfinite_streak >= r.max_nonfinite:
-                        raise NonFiniteLossError(
-                            f"{self.nonfinite_streak} consecutive non-finite steps at iteration {it} "
-                            f"({self.engine.last_fault}); stopping. Every rejected step was undone "
-                            f"and the last good checkpoint is kept in {self.run_dir / 'checkpoints'}. "
-                            "Likely causes: corrupt input images (NaN / Inf pixels; check the "
-                            "dataset files the log names), a learning rate too high for the model "
-                            "(lower optim.lr or set optim.grad_clip), or fp16 overflow (try "
-                            "runtime.amp=bf16 or off). Then resume with runtime.resume=true."
-                        )
+                out, ok = self.engine.step(self.stream.next(), it, self.step_fn)
+                self._count_rejections(it, ok)
                 self.iteration = it + 1
                 bar.update(1)
-
-                if ok:  # a rejected step adds nothing to the averages (counted in skipped_steps)
-                    for k, v in out.logs.items():
-                        sums[k] = sums.get(k, 0.0) + v
-                    good += 1
-                count += 1
+                window.add(out.logs, ok)
                 if r.log_interval and (
                     self.iteration % r.log_interval == 0 or self.iteration == stop_at
                 ):
-                    values = all_reduce_mean({k: v / good for k, v in sums.items()}, self.device)
-                    values["lr"] = self.optimizer.param_groups[0]["lr"]
-                    values["sec_per_iter"] = (time.perf_counter() - t0) / count
-                    values["skipped_steps"] = self.skipped_steps
-                    self.logger.log(self.iteration, values)
+                    values = self._log_window(window)
                     bar.set_postfix(loss=f"{values.get('loss', float('nan')):.3f}")
-                    sums, count, good, t0 = {}, 0, 0, time.perf_counter()
                 if ok and r.image_interval and self.iteration % r.image_interval == 0:
                     self.logger.save_grid(self.iteration, out.vis)
-                if (
-                    cfg.eval.interval
-                    and self.iteration % cfg.eval.interval == 0
-                    and self.iteration < max_iters
-                ):
+                due = cfg.eval.interval and self.iteration % cfg.eval.interval == 0
+                if due and self.iteration < max_iters:  # the end has its own evaluation
                     res = self.evaluate()
                     self.logger.log(self.iteration, _eval_row(res), kind="eval")
                     evals.append({"iter": self.iteration, "mIoU": res["mIoU"]})
-                ckpt_due = r.checkpoint_interval and self.iteration % r.checkpoint_interval == 0
-                keep = (
-                    bool(r.keep_checkpoint_interval)
-                    and self.iteration % r.keep_checkpoint_interval == 0
-                )
-                # Every rank stops together, even if only one received the signal.
-                signalled = broadcast_flag(self._stop_signal is not None, self.device)
-                # No periodic checkpoint while steps are being rejected: the last one
-                # written before the streak stays the newest (a stop still saves, and the
-                # state it saves is the undone, last good one).
-                periodic = (ckpt_due or keep) and self.nonfinite_streak == 0
-                if periodic or signalled or self.iteration == stop_at:
-                    self.save(keep=keep and periodic)
+                signalled = self._checkpoint_if_due(stop_at)
                 if signalled:
                     log.warning("signal: checkpointed at iteration %d, stopping", self.iteration)
                     break
@@ -424,8 +377,64 @@ class Trainer:
             if self._stop_signal == signal.SIGINT:
                 raise KeyboardInterrupt(f"training interrupted; resume from {self.run_dir}")
             raise SystemExit(128 + int(self._stop_signal or signal.SIGTERM))
+        return self._finish(evals, time.perf_counter() - t_start)
 
-        finished = self.iteration >= max_iters
+    # ------------------------------------------------------------------ loop parts
+    def _count_rejections(self, it: int, ok: bool) -> None:
+        """Track a streak of rejected (undone) steps; stop the run when it is too long."""
+        r = self.cfg.runtime
+        if ok:
+            self.nonfinite_streak = 0
+            return
+        self.nonfinite_streak += 1
+        self.skipped_steps += 1
+        log.warning(
+            "iteration %d: step rejected and undone (%s); %d in a row, limit "
+            "runtime.max_nonfinite=%d",
+            it, self.engine.last_fault, self.nonfinite_streak, r.max_nonfinite,
+        )  # fmt: skip
+        if self.nonfinite_streak >= r.max_nonfinite:
+            raise NonFiniteLossError(
+                f"{self.nonfinite_streak} consecutive non-finite steps at iteration {it} "
+                f"({self.engine.last_fault}); stopping. Every rejected step was undone "
+                f"and the last good checkpoint is kept in {self.run_dir / 'checkpoints'}. "
+                "Likely causes: corrupt input images (NaN / Inf pixels; check the "
+                "dataset files the log names), a learning rate too high for the model "
+                "(lower optim.lr or set optim.grad_clip), or fp16 overflow (try "
+                "runtime.amp=bf16 or off). Then resume with runtime.resume=true."
+            )
+
+    def _log_window(self, window: _LogWindow) -> dict[str, float]:
+        """One metrics.jsonl / TensorBoard row: the window's means over ranks, lr, speed."""
+        values = all_reduce_mean(window.means(), self.device)
+        values["lr"] = self.optimizer.param_groups[0]["lr"]
+        values["sec_per_iter"] = window.seconds_per_step()
+        values["skipped_steps"] = self.skipped_steps
+        self.logger.log(self.iteration, values)
+        window.reset()
+        return values
+
+    def _checkpoint_if_due(self, stop_at: int) -> bool:
+        """Save on schedule, at the stop point or on a signal; returns whether a signal came.
+
+        No periodic checkpoint while steps are being rejected: the last one written
+        before the streak stays the newest (a stop still saves, and the state it saves
+        is the undone, last good one).
+        """
+        r, n = self.cfg.runtime, self.iteration
+        ckpt_due = bool(r.checkpoint_interval) and n % r.checkpoint_interval == 0
+        keep = bool(r.keep_checkpoint_interval) and n % r.keep_checkpoint_interval == 0
+        # Every rank stops together, even if only one received the signal.
+        signalled = broadcast_flag(self._stop_signal is not None, self.device)
+        periodic = (ckpt_due or keep) and self.nonfinite_streak == 0
+        if periodic or signalled or n == stop_at:
+            self.save(keep=keep and periodic)
+        return signalled
+
+    def _finish(self, evals: list[dict], train_seconds: float) -> dict[str, Any]:
+        """The final evaluation (a finished run), final weights and ``result.json``."""
+        cfg = self.cfg
+        finished = self.iteration >= cfg.optim.max_iters
         result: dict[str, Any] = {
             "name": cfg.name,
             "method": cfg.method,
@@ -434,7 +443,7 @@ class Trainer:
             "iterations": self.iteration,
             "finished": finished,
             "skipped_steps": self.skipped_steps,
-            "train_seconds": time.perf_counter() - t_start,
+            "train_seconds": train_seconds,
             "evals": evals,
         }
         if cfg.model.init_from is not None:  # which warm start, byte for byte
@@ -445,12 +454,8 @@ class Trainer:
         if finished:
             res = self.evaluate()
             self.logger.log(self.iteration, _eval_row(res), kind="eval")
-            result.update(
-                {
-                    "mIoU": res["mIoU"],
-                    "eval": {k: v for k, v in res.items() if k != "confusion_matrix"},
-                }
-            )
+            result["mIoU"] = res["mIoU"]
+            result["eval"] = {k: v for k, v in res.items() if k != "confusion_matrix"}
             if self.info.is_main:
                 self.student.export_weights(self.run_dir / "final_weights.pt")
         if self.info.is_main:
@@ -458,6 +463,30 @@ class Trainer:
         self.logger.close()
         barrier()
         return result
+
+
+class _LogWindow:
+    """Running sums of the step logs between two log rows (rejected steps add no terms)."""
+
+    def __init__(self) -> None:
+        self.reset()
+
+    def reset(self) -> None:
+        self.sums: dict[str, float] = {}
+        self.steps, self.applied, self.t0 = 0, 0, time.perf_counter()
+
+    def add(self, logs: dict[str, float], applied: bool) -> None:
+        self.steps += 1
+        if applied:
+            self.applied += 1
+            for k, v in logs.items():
+                self.sums[k] = self.sums.get(k, 0.0) + v
+
+    def means(self) -> dict[str, float]:
+        return {k: v / self.applied for k, v in self.sums.items()}
+
+    def seconds_per_step(self) -> float:
+        return (time.perf_counter() - self.t0) / max(self.steps, 1)
 
 
 def _eval_row(res: dict) -> dict:
