@@ -49,7 +49,7 @@ def upscaled_batches(tmp_path_factory):
     ]
 
 
-def test_build_student_detail_crop_follows_the_context_crop():
+def test_hrda_detail_crop_follows_the_context_crop():
     assert detail_size_for((1024, 1024)) == (512, 512)
     assert detail_size_for((64, 96), 0.5, 8) == (32, 48)
     assert detail_size_for((20, 20), 0.25, 8) == (8, 8)  # never below the alignment
