@@ -103,6 +103,7 @@ res = evaluate_run(
     max_samples=max_samples,
     device=dev,
     progress=True,
+    model=model,  # loaded above, for the figures and the browser too
 )
 for proto, r in res["protocols"].items():
     display(Markdown(f"### {proto}: mIoU {r['mIoU']:.2f} ({res['num_images']} images)"))

@@ -213,21 +213,28 @@ class LabelResult:
     unknown: dict[int, int]  # label id outside the dataset's mapping -> pixels (made 255)
 
 
-def _image_size(path: Path) -> tuple[int, int]:
-    """``(W, H)`` of an image after decoding it fully (a truncated file fails here)."""
+def _image_size(path: Path, decode: bool = True) -> tuple[int, int]:
+    """``(W, H)`` of an image; ``decode`` reads all its pixels (a truncated file fails
+    then), else only its header."""
     with Image.open(path) as im:
-        im.load()
+        if decode:
+            im.load()
         return im.size
 
 
-def check_pair(name: str, root: Path, label: Path, label_size: tuple[int, int]) -> list[str]:
-    """Problems of the image belonging to ``label``: missing, undecodable, another size."""
+def check_pair(
+    name: str, root: Path, label: Path, label_size: tuple[int, int], decode: bool = True
+) -> list[str]:
+    """Problems of the image belonging to ``label``: missing, undecodable, another size.
+
+    ``decode=False`` (a pair prepared by an earlier run, whose image was decoded then)
+    reads only the image header."""
     image = next((p for p in image_candidates(name, root, label) if p.is_file()), None)
     if image is None:
         where = " or ".join(str(p) for p in image_candidates(name, root, label)) or "?"
         return [f"{label}: no image for this label (looked for {where})"]
     try:
-        size = _image_size(image)
+        size = _image_size(image, decode)
     except (OSError, SyntaxError) as exc:  # PIL: truncated / unidentified / corrupt
         return [f"{image}: cannot decode the image ({exc}); re-download or re-extract it"]
     if size != label_size:
@@ -250,7 +257,8 @@ def convert_one(job: tuple[str, Optional[Path], Path, bool, Path]) -> LabelResul
         if arr is None or arr.ndim != 2:
             return LabelResult({}, [f"{dst}: cannot read it; delete it and rerun"], {})
         size = (arr.shape[1], arr.shape[0])
-        return LabelResult(class_counts(arr), check_pair(name, root, src or dst, size), {})
+        problems = check_pair(name, root, src or dst, size, decode=src is None)
+        return LabelResult(class_counts(arr), problems, {})
     kind = KINDS[name]
     try:
         ids = kind.reader(src)

@@ -95,9 +95,13 @@ def evaluate_run(
     max_samples: int | None = None,
     device: torch.device | str = "cpu",
     progress: bool = False,
+    model: nn.Module | None = None,
 ) -> dict:
     """Score a finished run exactly as its trainer did: the same split, full-resolution
     labels, the run's inference mode, window, stride, flip and protocols.
+
+    ``model``: the run's segmentor when the caller has loaded it already (the evaluate
+    notebook); otherwise its ``which`` weights are loaded here.
 
     With no overrides the mIoU equals the run's ``result.json``; ``benchmark``,
     ``mode`` and ``max_samples`` change only what they name (e.g. another target).
@@ -123,7 +127,8 @@ def evaluate_run(
         settings = replace(settings, mode=mode)
     if max_samples is not None:
         settings = replace(settings, max_samples=max_samples)
-    model = load_segmentor(run, which, device=device)
+    if model is None:
+        model = load_segmentor(run, which, device=device)
     val = build_val_dataset(spec, data_root or cfg.data.data_root, resize_label=False)
     if settings.max_samples is not None:  # exactly the images scored, so a progress bar ends full
         val = Subset(val, range(min(len(val), settings.max_samples)))

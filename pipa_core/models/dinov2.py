@@ -25,11 +25,13 @@ width ``D``.
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Optional
 
 import torch
 import torch.nn.functional as F
+from timm.layers import LayerNorm2d
 from torch import nn
 
 __all__ = ["DINOV2_ENCODERS", "DINOv2Encoder", "dinov2_layer_id"]
@@ -46,17 +48,6 @@ DINOV2_ENCODERS = {
 
 #: The grid stride the neck emulates (one token per 16x16 input pixels, like MiT's stage 3).
 TOKEN_STRIDE = 16
-
-
-class _LayerNorm2d(nn.LayerNorm):
-    """LayerNorm over the channels of an NCHW map (ViTDet's neck norm)."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return super().forward(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
-
-
-def _up(c_in: int, c_out: int) -> list[nn.Module]:
-    return [nn.ConvTranspose2d(c_in, c_out, 2, stride=2)]
 
 
 class DINOv2Encoder(nn.Module):
@@ -90,12 +81,11 @@ class DINOv2Encoder(nn.Module):
         self.block_ids = [round(depth * (i + 1) / 4) - 1 for i in range(4)]
         self.out_channels = [d // 4, d // 2, d, d]
         self.strides = [4, 8, 16, 32]
+        up = functools.partial(nn.ConvTranspose2d, kernel_size=2, stride=2)
         self.neck = nn.ModuleList(
             [
-                nn.Sequential(
-                    *_up(d, d // 2), _LayerNorm2d(d // 2), nn.GELU(), *_up(d // 2, d // 4)
-                ),
-                nn.Sequential(*_up(d, d // 2)),
+                nn.Sequential(up(d, d // 2), LayerNorm2d(d // 2), nn.GELU(), up(d // 2, d // 4)),
+                up(d, d // 2),
                 nn.Identity(),
                 nn.MaxPool2d(2, ceil_mode=True),
             ]

@@ -346,6 +346,14 @@ def _describe_resnet(depths: Tuple[int, ...]) -> str:
 
 def _architecture_mismatch(encoder: nn.Module, sd: StateDict) -> Optional[Tuple[str, str]]:
     """``(file_arch, model_arch)`` descriptions when ``sd`` has other widths/depths, else None."""
+    if isinstance(encoder, DINOv2Encoder):
+        file_sig, model_sig = _vit_signature(sd), _vit_signature(encoder.vit.state_dict())
+        desc = "ViT width {}, {} blocks, registers {}".format
+        return (
+            None
+            if file_sig == model_sig
+            else (desc(*file_sig), f"{encoder.name}, {desc(*model_sig)}")
+        )
     if isinstance(encoder, MixVisionTransformer):
         w = sd.get("patch_embed1.proj.weight")
         if w is None:
@@ -426,6 +434,7 @@ def load_encoder_weights(encoder: nn.Module, source: Union[str, os.PathLike]) ->
 def _load_encoder_state(encoder: nn.Module, raw: StateDict, path: str) -> LoadReport:
     name = _model_name(encoder)
     fmt = detect_format(raw)
+    target = encoder  # the module the (converted) state dict is loaded into
     if isinstance(encoder, MixVisionTransformer):
         if fmt == "mit_hf":
             sd, ignored = hf_to_official(raw)
@@ -443,17 +452,7 @@ def _load_encoder_state(encoder: nn.Module, raw: StateDict, path: str) -> LoadRe
                 f"{encoder.timm_name} weights or the official DINOv2 .pth of that size"
             )
         sd, ignored = _dinov2_to_timm(raw)
-        file_sig, model_sig = _vit_signature(sd), _vit_signature(encoder.vit.state_dict())
-        if file_sig != model_sig:
-            desc = "ViT width {}, {} blocks, registers {}".format
-            raise PretrainedLoadError(
-                f"{path} holds a {desc(*file_sig)} but the encoder {name} is a "
-                f"{desc(*model_sig)}; pass the weights of {encoder.timm_name}"
-            )
-        report = _copy_into(encoder.vit, sd, path, fmt, None)
-        report.ignored = ignored
-        _log_report(report)
-        return report
+        target = encoder.vit  # the file holds the ViT; the neck is ours and trains from scratch
     elif isinstance(encoder, ResNetEncoder):
         if fmt != "timm_resnet":
             raise PretrainedLoadError(
@@ -469,7 +468,7 @@ def _load_encoder_state(encoder: nn.Module, raw: StateDict, path: str) -> LoadRe
             f"{path} holds {mismatch[0]} weights but the model's encoder is {mismatch[1]}; "
             f"pass the weights file of {mismatch[1]} (or build the matching architecture)"
         )
-    report = _copy_into(encoder, sd, path, fmt, None)
+    report = _copy_into(target, sd, path, fmt, None)
     report.ignored = ignored
     _log_report(report)
     return report
