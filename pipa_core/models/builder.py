@@ -32,6 +32,7 @@ from pipa_core.models.hrda import (
 from pipa_core.models.pretrained import load_pretrained
 from pipa_core.models.projection import PROJ_HEAD_NAMES, ProjectionHead
 from pipa_core.models.segmentor import Segmentor
+from pipa_core.models.stage_heads import StageHeads
 
 __all__ = ["ARCHS", "build_from_config", "build_segmentor", "output_stride_of"]
 
@@ -77,6 +78,7 @@ def build_segmentor(
     channels_last: bool = False,
     hrda: Optional[Mapping[str, Any]] = None,
     vit_kwargs: Optional[Mapping[str, Any]] = None,
+    stage_heads: bool = False,
 ) -> Segmentor:
     """Build a segmentor by name.
 
@@ -101,6 +103,9 @@ def build_segmentor(
             ``attention_channels`` ...) for ``hrda_*`` names; HRDA's defaults if omitted.
         vit_kwargs: timm architecture overrides of a DINOv2 encoder (``embed_dim``,
             ``depth``, ``num_heads``: small ViTs for tests and CPU tutorials).
+        stage_heads: add PiPa's released ``cls_head`` / ``proj_head`` on the concatenated
+            encoder stages (:mod:`pipa_core.models.stage_heads`): for released PiPa
+            checkpoints and the released-code training mode.
 
     Raises:
         ValueError: unknown ``arch`` (the message lists the valid names), or ``hrda``
@@ -112,7 +117,7 @@ def build_segmentor(
         base = build_segmentor(
             base_arch, num_classes, pretrained, proj_heads, proj_dim, proj_hidden,
             decoder_channels, drop_path_rate, grad_checkpointing, channels_last,
-            vit_kwargs=vit_kwargs,
+            vit_kwargs=vit_kwargs, stage_heads=stage_heads,
         )  # fmt: skip
         return HRDASegmentor(base, **dict(hrda or {}))
     _check_arch(arch, arch)
@@ -145,7 +150,11 @@ def build_segmentor(
         name: ProjectionHead(decoder.channels, proj_dim, hidden_dim=proj_hidden)
         for name in proj_heads
     }
-    seg = Segmentor(encoder, decoder, output_stride, heads, arch=arch, channels_last=channels_last)
+    extra = StageHeads(encoder.out_channels, num_classes) if stage_heads else None
+    seg = Segmentor(
+        encoder, decoder, output_stride, heads, arch=arch, channels_last=channels_last,
+        stage_heads=extra,
+    )  # fmt: skip
     seg.pretrained_report = None
     if pretrained is not None:
         seg.pretrained_report = load_pretrained(seg, pretrained)

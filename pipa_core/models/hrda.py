@@ -264,6 +264,7 @@ class HRDASegmentor(Segmentor):
             dict(base.proj_heads),
             arch=HRDA_PREFIX + base.arch,
             channels_last=base.channels_last,
+            stage_heads=base.stage_heads,
         )
         self.pretrained_report = getattr(base, "pretrained_report", None)
         cell = self.output_stride / lr_scale

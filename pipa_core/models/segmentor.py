@@ -44,6 +44,8 @@ class Segmentor(nn.Module):
         proj_heads: name -> projection head (names among ``pixel``, ``patch``,
             ``temporal``).
         arch: architecture name, stored in exported files.
+        stage_heads: PiPa's released ``cls_head`` / ``proj_head`` on the encoder stages
+            (:class:`~pipa_core.models.stage_heads.StageHeads`), or None.
         channels_last: feed the encoder NHWC-strided tensors (faster convs on GPU).
     """
 
@@ -55,6 +57,7 @@ class Segmentor(nn.Module):
         proj_heads: Optional[Mapping[str, nn.Module]] = None,
         arch: str = "custom",
         channels_last: bool = False,
+        stage_heads: Optional[nn.Module] = None,
     ):
         super().__init__()
         unknown = set(proj_heads or {}) - set(PROJ_HEAD_NAMES)
@@ -65,6 +68,7 @@ class Segmentor(nn.Module):
         self.encoder = encoder
         self.decoder = decoder
         self.proj_heads = nn.ModuleDict(dict(proj_heads or {}))
+        self.stage_heads = stage_heads
         self.output_stride = output_stride
         self.num_classes = decoder.num_classes
         self.feat_channels = decoder.channels
