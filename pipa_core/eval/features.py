@@ -6,7 +6,10 @@ map it to the contrastive embedding ``(B, E, H/s, W/s)``. Either can be
 analysed: choose with ``embedding="feat"`` (decoder feature, what the
 classifier sees) or ``embedding="pixel"`` / ``"patch"`` / ``"temporal"`` (a
 projection head's output, what the contrastive loss shapes). Any other key of
-the model's output dict (e.g. ``"logits"``) works as well.
+the model's output dict (e.g. ``"logits"``) works as well. ``embedding="proj_head"``
+is the embedding of PiPa's released code: its ``proj_head`` on the concatenated
+encoder stages (:mod:`pipa_core.models.stage_heads`), what the paper's t-SNE figure
+of the released model shows; released PiPa checkpoints carry it.
 
 Labels are brought to feature resolution by *nearest* downsampling, so every
 feature vector carries the ground-truth class of the pixel it sits on.
@@ -247,13 +250,27 @@ def downsample_labels(labels: torch.Tensor, size: Sequence[int]) -> torch.Tensor
     return out[:, 0].long()
 
 
+#: ``embedding`` name of PiPa's released stage embedding (``proj_head``).
+STAGE_EMBEDDING = "proj_head"
+
+
 def pixel_embedding(model: nn.Module, img: torch.Tensor, embedding: str = "feat") -> torch.Tensor:
     """Per-pixel embedding ``(B, E, h, w)`` of images ``(B, 3, H, W)`` in [0, 1].
 
-    ``embedding`` is a key of ``model(img)`` (``"feat"``, ``"logits"``, ...) or the
+    ``embedding`` is a key of ``model(img)`` (``"feat"``, ``"logits"``, ...), the
     name of a projection head (``"pixel"``, ``"patch"``, ``"temporal"``) applied
-    with ``model.project(name, out["feat"])``.
+    with ``model.project(name, out["feat"])``, or ``"proj_head"``: PiPa's released
+    ``proj_head`` on the encoder stages of the image at its own resolution
+    (``(B, 256, H/4, W/4)``, unit length).
     """
+    if embedding == STAGE_EMBEDDING:
+        heads = getattr(model, "stage_heads", None)
+        if heads is None:
+            raise ValueError(
+                "embedding='proj_head' is the embedding of PiPa's released code; this model has "
+                "no stage heads (released PiPa checkpoints have them). Use embedding='feat'"
+            )
+        return heads.embed(model.encoder(model.normalize(img)))
     out = model(img)
     if not isinstance(out, Mapping):
         raise TypeError(

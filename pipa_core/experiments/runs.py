@@ -35,14 +35,79 @@ def _resolve_checkpoint(run: str | os.PathLike) -> Path:
     return p
 
 
-def load_run_config(run: str | os.PathLike):
-    """The :class:`~pipa_core.config.TrainConfig` of a run directory or checkpoint file."""
+def _open_file(path: Path, trust_checkpoint: bool = False):
+    """A checkpoint file: our training checkpoint (a dict with ``student``) or a
+    :class:`~pipa_core.models.official.ReleasedCheckpoint` of the official code."""
+    from pipa_core.models.official import (
+        UnsafeCheckpointError,
+        as_released_checkpoint,
+        load_checkpoint_object,
+    )
+    from pipa_core.models.pretrained import PretrainedLoadError
+
+    try:
+        obj = load_checkpoint_object(path, trust_checkpoint)
+    except PretrainedLoadError as e:
+        if path.suffix == ".pt" and not isinstance(e, UnsafeCheckpointError):
+            load_checkpoint(path)  # ours (.pt): its message names the kept checkpoints
+        raise
+    if isinstance(obj, dict) and "student" in obj:
+        return obj
+    return as_released_checkpoint(obj, path)
+
+
+#: Released method -> the preset whose evaluation protocol its paper used.
+_RELEASED_PRESET = {
+    "DAFormer": "daformer",
+    "MIC(DAFormer)": "mic",
+    "PiPa(DAFormer)": "pipa",
+    "HRDA": "hrda",
+    "MIC(HRDA)": "hrda",
+    "PiPa(HRDA)": "hrda",
+}
+
+
+def released_run_config(arch, benchmark: str):
+    """The config to analyse a released model with: the ``<benchmark>_<method>`` preset
+    of its method (evaluation protocol, scales, data) with the file's architecture."""
+    from pipa_core.config import make_config
+
+    cfg = make_config(benchmark, _RELEASED_PRESET[arch.method])
+    cfg.model.arch = arch.arch
+    cfg.model.pretrained = None  # nothing is trained: the file holds every weight
+    cfg.model.init_from = None
+    cfg.name = f"released {arch.method}"
+    return cfg
+
+
+def load_run_config(
+    run: str | os.PathLike, benchmark: str | None = None, trust_checkpoint: bool = False
+):
+    """The :class:`~pipa_core.config.TrainConfig` of a run directory or checkpoint file.
+
+    A released DAFormer / HRDA / MIC / PiPa file records no pipa_core config: pass the
+    ``benchmark`` it was trained on (e.g. ``"gta2cs"``) and get that benchmark's preset for
+    the file's method and architecture (:func:`released_run_config`).
+    """
     from pipa_core.config import TrainConfig
 
     p = Path(run)
     if p.is_dir() and (p / "config.json").is_file():
         return TrainConfig.load(p)
-    state = load_checkpoint(_resolve_checkpoint(p))  # a clear error for a truncated file
+    path = _resolve_checkpoint(p)
+    state = _open_file(path, trust_checkpoint)
+    if not isinstance(state, dict):
+        from pipa_core.models.official import infer_architecture
+
+        if benchmark is None:
+            raise ValueError(
+                f"{path} is a released checkpoint and records no pipa_core config: pass the "
+                "benchmark it was trained on, e.g. benchmark='gta2cs' (notebooks: "
+                "-p benchmark gta2cs)"
+            )
+        return released_run_config(
+            infer_architecture(state.part("student"), state.config_text), benchmark
+        )
     if "config" not in state:
         raise ValueError(f"{p} holds no 'config'; it is not a training checkpoint")
     return TrainConfig.from_dict(state["config"])
@@ -63,19 +128,37 @@ def build_segmentor_for(cfg) -> nn.Module:
 
 
 def load_segmentor(
-    run: str | os.PathLike, which: str = "student", device: torch.device | str = "cpu"
+    run: str | os.PathLike,
+    which: str = "student",
+    device: torch.device | str = "cpu",
+    trust_checkpoint: bool = False,
 ) -> nn.Module:
     """The trained segmentor of a run (with its projection heads), in eval mode.
 
     Args:
-        run: a run directory or a checkpoint file (``checkpoints/latest.pt``/``iter_*.pt``).
-        which: ``"student"`` (the evaluated model) or ``"teacher"`` (its EMA).
+        run: a run directory, a checkpoint file (``checkpoints/latest.pt``/``iter_*.pt``),
+            or a released DAFormer / HRDA / MIC / PiPa ``.pth`` (architecture inferred from
+            its keys; its load report is at ``model.pretrained_report``).
+        which: ``"student"`` (the evaluated model) or ``"teacher"`` (its EMA); released
+            files also hold ``"imagenet"`` (the frozen ImageNet copy).
         device: where to put it.
+        trust_checkpoint: released files only: unpickle objects that a
+            ``weights_only=True`` load refuses (only for files you trust).
     """
-    if which not in ("student", "teacher"):
-        raise ValueError(f"which must be 'student' or 'teacher', got {which!r}")
+    from pipa_core.models.official import PREFIXES, build_released_segmentor
+
     path = _resolve_checkpoint(run)
-    state = load_checkpoint(path)
+    state = _open_file(path, trust_checkpoint)
+    if not isinstance(state, dict):
+        if which not in PREFIXES:
+            raise ValueError(f"which must be one of {sorted(PREFIXES)}, got {which!r}")
+        seg, _, _ = build_released_segmentor(state, which)
+        return seg.to(device).eval()
+    if which not in ("student", "teacher"):
+        raise ValueError(
+            f"which must be 'student' or 'teacher' for a pipa_core run, got {which!r} "
+            "('imagenet' exists only in released checkpoints)"
+        )
     if which not in state or state[which] is None:
         raise ValueError(
             f"{path} has no {which!r} weights (a supervised run has no teacher); use which='student'"
@@ -96,6 +179,7 @@ def evaluate_run(
     device: torch.device | str = "cpu",
     progress: bool = False,
     model: nn.Module | None = None,
+    trust_checkpoint: bool = False,
 ) -> dict:
     """Score a finished run exactly as its trainer did: the same split, full-resolution
     labels, the run's inference mode, window, stride, flip and protocols.
@@ -105,6 +189,8 @@ def evaluate_run(
 
     With no overrides the mIoU equals the run's ``result.json``; ``benchmark``,
     ``mode`` and ``max_samples`` change only what they name (e.g. another target).
+    A released checkpoint file needs ``benchmark`` (it records no pipa_core config) and is
+    scored with that benchmark's protocol for its method (:func:`released_run_config`).
 
     Returns:
         :func:`pipa_core.eval.evaluate.evaluate`'s dict plus ``"settings"`` (what was used)
@@ -118,7 +204,7 @@ def evaluate_run(
     from pipa_core.data.benchmarks import build_val_dataset
     from pipa_core.eval.evaluate import evaluate
 
-    cfg = load_run_config(run)
+    cfg = load_run_config(run, benchmark, trust_checkpoint)
     if benchmark is not None:
         cfg.data.benchmark = benchmark
     resolved = resolve(cfg, validate=False)  # what the run used: benchmark, protocol, ...
@@ -128,7 +214,7 @@ def evaluate_run(
     if max_samples is not None:
         settings = replace(settings, max_samples=max_samples)
     if model is None:
-        model = load_segmentor(run, which, device=device)
+        model = load_segmentor(run, which, device=device, trust_checkpoint=trust_checkpoint)
     val = build_val_dataset(spec, data_root or cfg.data.data_root, resize_label=False)
     if settings.max_samples is not None:  # exactly the images scored, so a progress bar ends full
         val = Subset(val, range(min(len(val), settings.max_samples)))
