@@ -30,9 +30,11 @@ runs = {
     "source-only": "runs/quickstart/source_only/seed0",
     "DACS": "runs/quickstart/dacs/seed0",
     "PiPa": "runs/quickstart/pipa/seed0",
-}  # bar label -> run directory (default: the quickstart's runs)
-which = "student"  # "student" or "teacher" weights
-embedding = "feat"  # "feat" (decoder) or a projection head: "pixel", "patch", "temporal"
+}  # bar label -> run directory or released .pth (default: the quickstart's runs)
+which = "student"  # "student" or "teacher" weights (released files also "imagenet")
+embedding = "feat"  # "feat" (decoder), "pixel" / "patch" / "temporal" (a projection head), "proj_head" (released PiPa)
+benchmark = None  # None: the first run's; needed when every entry is a released .pth
+trust_checkpoint = False  # released files only: allow objects weights_only refuses
 classes = None  # None: the benchmark's first protocol (e.g. syn16); or a list of train IDs
 data_root = None  # None: the run's data.data_root
 max_images = 100  # images per domain (SPCL: 1000)
@@ -62,7 +64,10 @@ from pipa_core.experiments.runs import analysis_datasets, load_run_config, load_
 from pipa_core.uda.distributed import resolve_device
 
 dev = resolve_device(device)
-cfg = load_run_config(next(iter(runs.values())))  # every run is read on this run's benchmark
+# every run is read on the first run's benchmark (or on `benchmark`)
+cfg = load_run_config(next(iter(runs.values())), benchmark, trust_checkpoint)
+if benchmark is not None:
+    cfg.data.benchmark = benchmark
 datasets = analysis_datasets(cfg, data_root, max_images=max_images)
 classes = classes if classes is not None else resolve_benchmark(cfg).protocols[0]
 
@@ -74,7 +79,7 @@ from pipa_core.eval.ccd import class_center_distance
 
 results = {}
 for title, run in runs.items():
-    model = load_segmentor(run, which, device=dev)
+    model = load_segmentor(run, which, device=dev, trust_checkpoint=trust_checkpoint)
     results[title] = class_center_distance(model, datasets, embedding=embedding, classes=classes)
     display(Markdown(results[title].to_markdown(title)))
 

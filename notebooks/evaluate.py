@@ -18,11 +18,17 @@
 # Per-class IoU on a labelled split (one confusion matrix over the whole split),
 # next to the published numbers where the benchmark matches, the confusion
 # matrix, a qualitative grid and an interactive browser.
+#
+# `run` may also be a checkpoint released with the official DAFormer / HRDA / MIC /
+# PiPa code (e.g. PiPa's `pipa_gta_to_cs.pth`): give its `benchmark` (the file
+# records no pipa_core config); it is scored with that benchmark's protocol for its
+# method (docs/analysis.md, "Released checkpoints").
 
 # %% tags=["parameters"]
-run = "runs/quickstart/pipa/seed0"  # run directory (or checkpoints/*.pt) to evaluate
-which = "student"  # "student" or "teacher" (EMA) weights
-benchmark = None  # None: the run's benchmark
+run = "runs/quickstart/pipa/seed0"  # run directory, checkpoints/*.pt, or a released .pth
+which = "student"  # "student" or "teacher" (EMA); released files also "imagenet"
+benchmark = None  # None: the run's benchmark (a released file needs it, e.g. "gta2cs")
+trust_checkpoint = False  # released files only: allow objects weights_only refuses
 data_root = None  # None: the run's data.data_root
 mode = None  # "whole" or "slide" inference; None: the run's eval setting
 max_samples = None  # first N images of the split; None: all
@@ -60,22 +66,25 @@ from pipa_core.experiments.runs import evaluate_run, load_run_config, load_segme
 from pipa_core.uda.distributed import resolve_device
 
 dev = resolve_device(device)
-cfg = load_run_config(run)
+cfg = load_run_config(run, benchmark, trust_checkpoint)
 if benchmark is not None:
     cfg.data.benchmark = benchmark
 resolved = resolve(cfg, validate=False)  # what the run used: benchmark, protocol, ...
 spec = resolved.spec
-model = load_segmentor(run, which, device=dev)
+model = load_segmentor(run, which, device=dev, trust_checkpoint=trust_checkpoint)
+if model.pretrained_report is not None:  # a released file: what was loaded, what was not
+    print(model.pretrained_report.summary())
 # the split the trainer scored, for the figures and the browser (labels at image size);
 # the mIoU below is computed on full-resolution labels by evaluate_run
 val = build_val_dataset(spec, data_root or cfg.data.data_root)
 if max_samples is not None:
     val = Subset(val, range(min(max_samples, len(val))))
-out = (
-    Path(out_dir)
-    if out_dir
-    else Path(run if Path(run).is_dir() else Path(run).parent.parent) / "eval"
-)
+if out_dir:
+    out = Path(out_dir)
+elif Path(run).is_dir() or Path(run).parent.name == "checkpoints":  # a pipa_core run
+    out = Path(run if Path(run).is_dir() else Path(run).parent.parent) / "eval"
+else:  # a released file: never write next to a downloaded checkpoint
+    out = Path("runs/analysis/eval") / Path(run).stem
 settings = resolved.eval
 print(
     f"{cfg.name}: {len(val)} images of {spec.name} ({spec.val.root}/{spec.val.split}), "
@@ -104,6 +113,7 @@ res = evaluate_run(
     device=dev,
     progress=True,
     model=model,  # loaded above, for the figures and the browser too
+    trust_checkpoint=trust_checkpoint,
 )
 for proto, r in res["protocols"].items():
     display(Markdown(f"### {proto}: mIoU {r['mIoU']:.2f} ({res['num_images']} images)"))

@@ -33,9 +33,11 @@ runs = {
     "source-only": "runs/quickstart/source_only/seed0",
     "DACS": "runs/quickstart/dacs/seed0",
     "PiPa": "runs/quickstart/pipa/seed0",
-}  # panel title -> run directory (default: the quickstart's runs)
-which = "student"  # "student" or "teacher" weights
-embedding = "feat"  # "feat" (decoder) or a projection head: "pixel", "patch", "temporal"
+}  # panel title -> run directory or released .pth (default: the quickstart's runs)
+which = "student"  # "student" or "teacher" weights (released files also "imagenet")
+embedding = "feat"  # "feat" (decoder), "pixel" / "patch" / "temporal" (a projection head), "proj_head" (released PiPa)
+benchmark = None  # None: the first run's; needed when every entry is a released .pth
+trust_checkpoint = False  # released files only: allow objects weights_only refuses
 normalize = False  # L2-normalise embeddings first (the geometry the contrastive loss sees)
 data_root = None  # None: the run's data.data_root
 max_images = 50  # images per domain
@@ -85,7 +87,10 @@ from pipa_core.experiments.runs import analysis_datasets, load_run_config, load_
 from pipa_core.uda.distributed import resolve_device
 
 dev = resolve_device(device)
-cfg = load_run_config(next(iter(runs.values())))  # every run is read on this run's benchmark
+# every run is read on the first run's benchmark (or on `benchmark`)
+cfg = load_run_config(next(iter(runs.values())), benchmark, trust_checkpoint)
+if benchmark is not None:
+    cfg.data.benchmark = benchmark
 datasets = analysis_datasets(cfg, data_root, max_images=max_images)
 {k: len(v) for k, v in datasets.items()}
 
@@ -97,7 +102,7 @@ from pipa_core.eval.features import extract_pixel_embeddings
 
 embeddings = {}
 for title, run in runs.items():
-    model = load_segmentor(run, which, device=dev)
+    model = load_segmentor(run, which, device=dev, trust_checkpoint=trust_checkpoint)
     embeddings[title] = extract_pixel_embeddings(
         model,
         datasets,

@@ -298,7 +298,8 @@ def video_root(tmp_path_factory):
 def test_video_notebook_on_viper_to_cityscapes_seq(video_root, tmp_path):
     small = [
         "model.arch=daformer_mit_b0", "model.decoder_channels=16", "model.proj_dim=8",
-        "model.init_from=null",
+        "model.init_from=null", "model.pretrained=null",
+        "uda.pseudo_crop_top=null", "uda.pseudo_crop_bottom=null",
         "data.source_scale=32,48", "data.target_scale=32,48", "data.crop_size=32,32",
         "data.batch_size=1", "data.num_workers=0", "data.rcs_min_pixels=10",
         "losses.patch.crop_size=32", "eval.crop_size=null", "eval.stride=null",
@@ -343,3 +344,27 @@ def test_video_notebook_on_synthetic_sequences(data_root, tmp_path):
     assert all(r["mIoU"] >= 0 for r in out["std"])  # one std per model over the two seeds
     cfg = json.loads((tmp_path / "vid" / "synthetic_seq_pipa_pp_s0" / "config.json").read_text())
     assert "temporal" in cfg["losses"]["enabled"]
+
+
+@pytest.mark.slow
+def test_analysis_notebooks_take_released_checkpoints(data_root, tmp_path):
+    """A released DAFormer file is evaluated, and a released PiPa(HRDA) file's proj_head
+    embedding analysed, by the notebooks a user runs (the benchmark given as a parameter)."""
+    import official_fixtures as fx
+
+    daformer, pipa = tmp_path / "daformer_latest.pth", tmp_path / "pipa_latest.pth"
+    fx.write_released(daformer, "daformer")
+    fx.write_released(pipa, "pipa_hrda", seed=1)
+    root = str(data_root)
+    run_notebook(
+        "evaluate", tmp_path, run=str(daformer), benchmark="synthetic", data_root=root,
+        max_samples=2, n_examples=1,
+    )  # fmt: skip
+    res = json.loads((tmp_path / "runs/analysis/eval/daformer_latest/eval.json").read_text())
+    assert res["benchmark"] == "synthetic" and res["num_images"] == 2
+    run_notebook(
+        "ccd", tmp_path, runs={"PiPa (released)": str(pipa)}, benchmark="synthetic",
+        data_root=root, embedding="proj_head", max_images=2, out_dir="figs",
+    )  # fmt: skip
+    out = json.loads((tmp_path / "figs" / "ccd.json").read_text())
+    assert out["embedding"] == "proj_head" and out["ccd"]["PiPa (released)"]["target"]["mean"] > 0
