@@ -46,7 +46,8 @@ max_pixels = 3000  # cap on the total number of points
 perplexity = 30.0  # t-SNE neighbourhood size (5 to 50)
 tsne_iters = 1000  # t-SNE optimisation iterations
 tsne_threads = 1  # t-SNE threads: raise only on a free many-core machine (None: all cores)
-backend = "sklearn"  # "sklearn", or "opentsne" (pip install openTSNE; faster)
+backend = "sklearn"  # "sklearn" (the reference), or "opentsne" (faster; needed by fit_on)
+fit_on = None  # "source": map fitted on source pixels, target placed in it (opentsne)
 seed = 0  # seeds the pixel sampling and t-SNE
 out_dir = "runs/analysis/tsne"  # tsne.png and tsne.json
 device = "auto"  # "auto": GPU if present
@@ -132,6 +133,7 @@ maps = {
         seed=seed,
         backend=backend,
         threads=tsne_threads,
+        fit_on=fit_on,
     )
     for t, e in embeddings.items()
 }

@@ -1,4 +1,6 @@
-"""Analysis library: feature extraction and balanced sampling, CCD, t-SNE, temporal consistency.
+"""Analysis library: feature extraction and balanced sampling, CCD, temporal consistency.
+
+t-SNE is tested in tests/test_tsne.py.
 
 CCD and extraction are checked against cases computed by hand and against a
 brute-force computation over all features.
@@ -6,7 +8,6 @@ brute-force computation over all features.
 
 import math
 
-import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -25,7 +26,6 @@ from pipa_core.eval.temporal import (
     evaluate_temporal_consistency,
     sequence_consistency,
 )
-from pipa_core.eval.tsne import tsne
 
 
 class StrideTwoSeg(nn.Module):
@@ -263,39 +263,6 @@ def test_class_center_distance_over_loaders_per_domain_and_pooled():
     mean = f"{res.mean('source'):.3f}"
     assert md[-1].split(" | ")[1] == f"**{mean}**"
     assert len(res.to_frame()) == 9
-
-
-# ----------------------------------------------------------------------------- t-SNE
-
-
-def test_tsne_separates_clusters_and_is_seeded():
-    rng = np.random.default_rng(0)
-    centres = rng.normal(size=(3, 16)) * 10
-    x = np.concatenate([centres[c] + rng.normal(size=(20, 16)) for c in range(3)]).astype(
-        np.float32
-    )
-    y = np.repeat(np.arange(3), 20)
-    r = tsne(x, labels=y, perplexity=10, max_iter=300, seed=0)
-    assert r.coords.shape == (60, 2) and r.backend == "sklearn"
-    # nearest neighbour of each point in 2-D has its class
-    d = ((r.coords[:, None] - r.coords[None]) ** 2).sum(-1)
-    np.fill_diagonal(d, np.inf)
-    assert (y[d.argmin(1)] == y).mean() > 0.95
-    r2 = tsne(x, labels=y, perplexity=10, max_iter=300, seed=0)
-    assert np.allclose(r.coords, r2.coords)
-    with pytest.raises(ValueError, match="at least 5"):
-        tsne(x[:3], labels=y[:3])
-
-
-def test_tsne_opentsne_request_falls_back_with_warning():
-    from pipa_core.eval.tsne import opentsne_available
-
-    if opentsne_available():
-        pytest.fail("this environment is expected to run without openTSNE (optional extra)")
-    x = np.random.default_rng(0).normal(size=(12, 4))
-    with pytest.warns(UserWarning, match="openTSNE"):
-        r = tsne(x, labels=np.zeros(12, int), backend="opentsne", max_iter=250)
-    assert r.backend == "sklearn" and r.perplexity == pytest.approx(11 / 3)
 
 
 # ----------------------------------------------------------------------------- temporal

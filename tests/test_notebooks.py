@@ -368,3 +368,12 @@ def test_analysis_notebooks_take_released_checkpoints(data_root, tmp_path):
     )  # fmt: skip
     out = json.loads((tmp_path / "figs" / "ccd.json").read_text())
     assert out["embedding"] == "proj_head" and out["ccd"]["PiPa (released)"]["target"]["mean"] > 0
+    # t-SNE: the map fitted on source pixels, target pixels placed into it (openTSNE)
+    run_notebook(
+        "tsne", tmp_path, runs={"PiPa (released)": str(pipa)}, benchmark="synthetic",
+        data_root=root, embedding="proj_head", backend="opentsne", fit_on="source",
+        max_images=2, n_per_class=5, max_pixels=60, tsne_iters=250, perplexity=5.0, out_dir="figs",
+    )  # fmt: skip
+    m = json.loads((tmp_path / "figs" / "tsne.json").read_text())["maps"]["PiPa (released)"]
+    placed = [m["domain_names"][d] for d, p in zip(m["domains"], m["placed"]) if p]
+    assert placed and set(placed) == {"target"} and m["backend"] == "opentsne"

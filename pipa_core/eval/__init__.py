@@ -23,7 +23,7 @@ from pipa_core.eval.temporal import (
     evaluate_temporal_consistency,
     sequence_consistency,
 )
-from pipa_core.eval.tsne import TSNEResult, tsne
+from pipa_core.eval.tsne import TSNEMap, TSNEResult, concat_results, fit_map, tsne
 
 __all__ = [
     "PUBLISHED",
@@ -50,6 +50,9 @@ __all__ = [
     "sequence_consistency",
     "summarize",
     "tsne",
+    "TSNEMap",
+    "concat_results",
+    "fit_map",
 ]
 
 from pipa_core.eval.evaluate import evaluate, predict_logits  # noqa: E402

@@ -2,7 +2,7 @@
 
 * :func:`confusion_heatmap`: row-normalised confusion matrix with class names;
 * :func:`tsne_scatter`: t-SNE panels side by side, colour = class (Cityscapes
-  palette), marker = domain;
+  palette), marker = domain, hollow = placed into a shared map;
 * :func:`ccd_barplot` / :func:`ccd_table`: class center distance per class in the
   style of SPCL Fig. 5 (one bar per model and class, lower is better).
 """
@@ -91,11 +91,18 @@ def tsne_scatter(
     point_size: float = 6.0,
     alpha: float = 0.7,
     panel_size: float = 5.0,
+    share_axes: bool | None = None,
 ):
     """t-SNE panels side by side (one per checkpoint), colour = class, marker = domain.
 
+    Points placed into a shared map (``TSNEResult.placed``, see
+    :func:`pipa_core.eval.tsne.fit_map`) are drawn hollow, fitted points filled.
+
     Args:
         results: one :class:`TSNEResult` or ``{title: TSNEResult}`` (e.g. baseline, PiPa).
+        share_axes: give all panels the same x/y range. ``None`` (default): share when
+            some result has placed points, i.e. the panels are one shared map; separate
+            t-SNE fits have unrelated coordinates, so their axes are not shared.
     Returns:
         the matplotlib ``Figure``.
     """
@@ -106,24 +113,39 @@ def tsne_scatter(
         results = {"": results}
     if not results:
         raise ValueError("no t-SNE result to plot")
+    any_placed = any(r.placed is not None and bool(np.any(r.placed)) for r in results.values())
+    share = any_placed if share_axes is None else share_axes
     fig, axes = plt.subplots(
-        1, len(results), figsize=(panel_size * len(results), panel_size + 0.8), squeeze=False
+        1,
+        len(results),
+        figsize=(panel_size * len(results), panel_size + 0.8),
+        squeeze=False,
+        sharex=share,
+        sharey=share,
     )
     classes: set[int] = set()
     domain_names: tuple[str, ...] = ()
     for ax, (title, res) in zip(axes[0], results.items()):
+        placed = np.zeros(len(res.labels), bool) if res.placed is None else res.placed
         for d, _dname in enumerate(res.domain_names):
             for c in np.unique(res.labels[res.domains == d]):
-                sel = (res.domains == d) & (res.labels == c)
-                ax.scatter(
-                    res.coords[sel, 0],
-                    res.coords[sel, 1],
-                    s=point_size,
-                    color=class_color(int(c)),
-                    marker=DOMAIN_MARKERS[d % len(DOMAIN_MARKERS)],
-                    alpha=alpha,
-                    linewidths=0,
-                )
+                for hollow in (False, True):
+                    sel = (res.domains == d) & (res.labels == c) & (placed == hollow)
+                    if not sel.any():
+                        continue
+                    color = class_color(int(c))
+                    ax.scatter(
+                        res.coords[sel, 0],
+                        res.coords[sel, 1],
+                        s=point_size,
+                        marker=DOMAIN_MARKERS[d % len(DOMAIN_MARKERS)],
+                        alpha=alpha,
+                        **(
+                            {"facecolors": "none", "edgecolors": [color], "linewidths": 0.6}
+                            if hollow
+                            else {"color": color, "linewidths": 0}
+                        ),
+                    )
                 classes.add(int(c))
         if len(res.domain_names) > len(domain_names):
             domain_names = res.domain_names
@@ -142,6 +164,18 @@ def tsne_scatter(
         )
         for d, n in enumerate(domain_names)
     ]
+    if any_placed:
+        handles.append(
+            Line2D(
+                [],
+                [],
+                marker="o",
+                color="0.3",
+                markerfacecolor="none",
+                linestyle="",
+                label="placed into the map",
+            )
+        )
     fig.legend(
         handles=handles, loc="lower center", ncol=min(len(handles), 8), fontsize=8, frameon=False
     )
