@@ -140,6 +140,11 @@ def validate_config(cfg: TrainConfig) -> TrainConfig:
             f"losses.enabled={list(lo.enabled)} needs uda.mode=self_training (got {u.mode!r}); "
             "source-only / oracle baselines train with cross-entropy only"
         )
+    if "patch" in lo.enabled and lo.patch.start_iter >= cfg.optim.max_iters:
+        errs.append(
+            f"losses.patch.start_iter={lo.patch.start_iter} >= optim.max_iters="
+            f"{cfg.optim.max_iters}: the patch loss would never run; lower it or drop 'patch'"
+        )
     if errs:
         raise ConfigError("invalid training configuration:\n  - " + "\n  - ".join(errs))
     return cfg
@@ -197,6 +202,13 @@ class Run:
     def crop_size(self) -> tuple[int, int]:
         """The training crop ``(H, W)``."""
         return tuple(self.spec.crop_size)
+
+    @property
+    def stage_heads(self) -> bool:
+        """Whether the segmentor carries PiPa's released ``cls_head`` / ``proj_head``
+        (``losses.pixel.released``; :mod:`pipa_core.models.stage_heads`)."""
+        lo = self.cfg.losses
+        return "pixel" in lo.enabled and lo.pixel.released
 
 
 def resolve(cfg: TrainConfig, validate: bool = True) -> Run:

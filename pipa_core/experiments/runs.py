@@ -124,7 +124,9 @@ def build_segmentor_for(cfg) -> nn.Module:
     from pipa_core.models import build_from_config
 
     run = resolve(cfg, validate=False)  # a finished run: its start files may be gone
-    return build_from_config(cfg.model, run.crop_size, run.heads, pretrained=False)
+    return build_from_config(
+        cfg.model, run.crop_size, run.heads, pretrained=False, stage_heads=run.stage_heads
+    )
 
 
 def load_segmentor(

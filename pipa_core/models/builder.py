@@ -170,6 +170,7 @@ def build_from_config(
     num_classes: int = NUM_CLASSES,
     pretrained: bool = True,
     channels_last: bool = False,
+    stage_heads: bool = False,
 ) -> Segmentor:
     """The segmentor a run's ``model`` config section describes.
 
@@ -184,12 +185,15 @@ def build_from_config(
         pretrained: load ``model.pretrained`` (the trainer); ``False`` builds the same
             shapes freshly initialised, for loading a trained run's weights.
         channels_last: NHWC memory format.
+        stage_heads: add PiPa's released stage heads (``Run.stage_heads``: the released
+            pixel contrast, ``losses.pixel.released``).
     """
     kwargs: dict[str, Any] = {
         "proj_heads": tuple(n for n in PROJ_HEAD_NAMES if n in enabled_losses),
         "pretrained": model.pretrained if pretrained else None,
         "channels_last": channels_last,
         "grad_checkpointing": getattr(model, "grad_checkpointing", False),
+        "stage_heads": stage_heads,
     }
     if model.proj_dim is not None:
         kwargs["proj_dim"] = model.proj_dim

@@ -217,7 +217,8 @@ class HRDASegmentor(Segmentor):
       ``{"logits": fused (B, K, H/s, W/s), "feat": HR detail-crop decoder feature
       (B, D, h/s, w/s), "enc": LR encoder maps, "hrda": {...}}`` with ``s`` the output
       stride, ``(h, w)`` the detail size and ``"hrda"`` holding ``lr_logits``
-      ``(B, K, H·r/s, W·r/s)``, ``hr_logits`` ``(B, K, h/s, w/s)``, ``crop_box``
+      ``(B, K, H·r/s, W·r/s)``, ``hr_logits`` ``(B, K, h/s, w/s)``, ``hr_enc`` (the
+      detail crop's encoder maps), ``crop_box``
       ``(y1, y2, x1, x2)``, ``attention`` (masked, LR grid) and ``context_size`` ``(H, W)``;
     * in eval mode: LR view of the whole input + sliding-window HR prediction,
       fused; ``"feat"`` is then the stitched HR decoder feature ``(B, D, H/s, W/s)``
@@ -369,12 +370,13 @@ class HRDASegmentor(Segmentor):
                 raise ValueError(f"detail_box {box} lies outside the {context} context crop")
         lr_logits, _, lr_enc = self._single(self._downscale(img))
         y1, y2, x1, x2 = box
-        hr_logits, hr_feat, _ = self._single(img[..., y1:y2, x1:x2])
+        hr_logits, hr_feat, hr_enc = self._single(img[..., y1:y2, x1:x2])
         att = self.attention(lr_enc)
         fused, att = fuse_scales(lr_logits, hr_logits, att, box, self.output_stride, self.lr_scale)
         hrda = {
             "lr_logits": lr_logits,
             "hr_logits": hr_logits,
+            "hr_enc": hr_enc,  # the released pixel contrast embeds the detail crop's stages
             "crop_box": box,
             "attention": att,
             "context_size": context,

@@ -105,30 +105,40 @@ def build_networks(run: Run, device: torch.device) -> tuple[nn.Module, Networks]
         PrototypeContrastLoss,
         TemporalContrastLoss,
     )
+    from pipa_core.losses.released import ReleasedPatchContrastLoss, ReleasedPixelContrastLoss
     from pipa_core.models import build_from_config
 
     cfg = run.cfg
     m, lc = cfg.model, cfg.losses
     student = build_from_config(
-        m, run.crop_size, run.heads, channels_last=cfg.runtime.channels_last
-    ).to(device)
+        m, run.crop_size, run.heads, channels_last=cfg.runtime.channels_last,
+        stage_heads=run.stage_heads,
+    ).to(device)  # fmt: skip
     if m.init_from is not None:  # a warm start: every tensor but the projection heads
-        from pipa_core.assets import resolve_weights
-        from pipa_core.models.pretrained import load_segmentor_weights
-
-        load_segmentor_weights(student, resolve_weights(m.init_from), strict=True)
+        _warm_start(student, m.init_from, run.stage_heads)
     proj_dim = m.proj_dim or 256
 
     def bank(size: int, classes: int) -> Optional[ClassMemoryBank]:
         return ClassMemoryBank(classes, proj_dim, size).to(device) if size > 0 else None
 
     losses: dict[str, nn.Module] = {}
-    if "pixel" in lc.enabled:
+    if "pixel" in lc.enabled and lc.pixel.released:
+        p = lc.pixel
+        losses["pixel"] = ReleasedPixelContrastLoss(
+            p.temperature, max_anchors=p.max_anchors, max_views=p.max_views
+        )
+    elif "pixel" in lc.enabled:
         p = lc.pixel
         losses["pixel"] = PixelContrastLoss(
             p.temperature, p.max_anchors, p.max_views, memory_bank=bank(p.memory_size, NUM_CLASSES)
         )
-    if "patch" in lc.enabled:
+    if "patch" in lc.enabled and lc.patch.released:
+        # HRDA variant: the teacher's logits; DAFormer variant: its decoder feature
+        c_in = student.num_classes if student.multi_resolution else student.feat_channels
+        losses["patch"] = ReleasedPatchContrastLoss(
+            c_in, temperature=lc.patch.temperature, num_negatives=lc.patch.num_negatives
+        ).to(device)
+    elif "patch" in lc.enabled:
         p = lc.patch
         losses["patch"] = PatchContrastLoss(
             p.temperature, p.max_locations, p.num_negatives, memory_bank=bank(p.memory_size, 1)
@@ -150,6 +160,39 @@ def build_networks(run: Run, device: torch.device) -> tuple[nn.Module, Networks]
     if cfg.uda.fd_lambda > 0:
         fd = FeatureDistance(student, cfg.uda.fd_lambda, cfg.uda.fd_classes, cfg.uda.fd_min_ratio)
     return student, Networks(student, teacher, fd, losses)
+
+
+def _warm_start(student: nn.Module, init_from: str, stage_heads: bool) -> None:
+    """Load a warm start (strict). With the released stage heads a warm start that lacks
+    them leaves them at their initialisation; every other key must still match."""
+    from pipa_core.assets import resolve_weights
+    from pipa_core.models.pretrained import PretrainedLoadError, load_segmentor_weights
+
+    path = resolve_weights(init_from)
+    report = load_segmentor_weights(student, path, strict=not stage_heads)
+    if stage_heads:
+        stray = [k for k in report.missing if not k.startswith("stage_heads.")]
+        if stray or report.unexpected:
+            raise PretrainedLoadError(
+                f"{path} does not match the segmentor: missing {stray[:5]}, unexpected "
+                f"{report.unexpected[:5]}"
+            )
+
+
+def add_loss_param_groups(
+    optimizer: torch.optim.Optimizer, losses: dict[str, nn.Module], lr: float, weight_decay: float
+) -> None:
+    """Give loss modules with parameters (the released patch loss's ``project``) their own
+    AdamW group at the base ``lr`` (no ``head_lr_mult``: the release's ``project`` has no
+    ``head`` in its name). Modules without parameters (every paper loss) add nothing."""
+    for name, module in losses.items():
+        params = [p for p in module.parameters() if p.requires_grad]
+        if params:
+            names = [f"losses.{name}.{n}" for n, p in module.named_parameters() if p.requires_grad]
+            optimizer.add_param_group({
+                "params": params, "param_names": names, "lr": lr, "weight_decay": weight_decay,
+                "name": f"loss_{name}", "kind": "head_decay",
+            })  # fmt: skip
 
 
 @dataclass
@@ -196,6 +239,7 @@ class Engine:
             student, o.lr, o.weight_decay, o.head_lr_mult, tuple(o.betas),
             (cfg.model.backbone_prefix,), layer_scale=layer_lr_scale(student, cfg),
         )  # fmt: skip
+        add_loss_param_groups(optimizer, nets.losses, o.lr, o.weight_decay)
         scheduler = build_scheduler(
             optimizer, o.max_iters, o.warmup_iters, o.poly_power, o.warmup_ratio, o.min_lr_ratio
         )
@@ -242,6 +286,7 @@ class Engine:
         :attr:`last_fault` says what was non-finite.
         """
         before = self._capture()
+        self.ctx.iteration = iteration
         try:
             out = step_fn(batch, self.nets, self.cfg, self.ctx)
             applied = self.optimizer_step(out)

@@ -14,6 +14,11 @@ Self-training (DACS / DAFormer + PiPa):
    (PiPa++); SPCL prototype contrast;
 5. total = L_ce(source) + L_ce(mixed) + λ_FD·L_FD + α·L_pixel + β·L_patch (+ L_mic, ...).
 
+With ``losses.pixel.released`` / ``losses.patch.released`` the pixel / patch terms are
+what PiPa's released code trains instead (:func:`released_pixel_contrast`,
+:func:`released_patch_contrast`; docs/losses.md, "Paper vs released code"); the patch
+term is 0 before ``losses.patch.start_iter``.
+
 The source-only and target-oracle baselines use :func:`supervised_step` (the
 oracle's "source" batch holds labelled target images). The step returns the
 loss; backward, optimizer and EMA updates belong to the engine (``uda.engine``).
@@ -71,12 +76,14 @@ class StepContext:
         pseudo_crop: (top, bottom) rows of the pseudo-label crop.
         patch_crop: side of the patch-contrast crops.
         autocast: a context-manager factory for mixed precision (``contextlib.nullcontext`` = off).
+        iteration: the 0-based iteration of the step (set by the engine; ``losses.patch.start_iter``).
     """
 
     generator: torch.Generator
     pseudo_crop: tuple[int, int] = (0, 0)
     patch_crop: int = 96
     autocast: Any = contextlib.nullcontext
+    iteration: int = 0
 
 
 @dataclass
@@ -174,7 +181,9 @@ def self_training_step(
         logs["mic_visible"] = float(keep.mean())
 
     # 4a. Pixel contrast: source labels (+ confident pixels of the mixed image).
-    if "pixel" in nets.losses:
+    if "pixel" in nets.losses and lc.pixel.released:  # PiPa's released code (losses.released)
+        terms["pixel"] = lc.pixel.weight * released_pixel_contrast(out_s, src["label"], nets, ctx)
+    elif "pixel" in nets.losses:
         feats = [out_s["feat"]]
         labels = [seg.label_for_feat(src["label"], out_s)]
         preds = [seg.label_for_feat(out_s["logits"].argmax(1), out_s)]
@@ -190,7 +199,11 @@ def self_training_step(
         )
 
     # 4b. Patch contrast: two overlapping crops of the rescaled target images.
-    if "patch" in nets.losses:
+    if "patch" in nets.losses and ctx.iteration < lc.patch.start_iter:
+        terms["patch"] = torch.zeros((), device=device)  # not started yet: no crops, no RNG
+    elif "patch" in nets.losses and lc.patch.released:  # PiPa's released code (losses.released)
+        terms["patch"] = lc.patch.weight * released_patch_contrast(tgt["img"], nets, cfg, ctx)
+    elif "patch" in nets.losses:
         from pipa_core.losses import sample_patch_pair
 
         pair = sample_patch_pair(
@@ -241,6 +254,51 @@ def self_training_step(
         "mixed_label": mixed_label,
     }
     return StepOutput(loss, logs, vis)
+
+
+def released_pixel_contrast(out: dict, label: torch.Tensor, nets: Networks, ctx: StepContext):
+    """PiPa's released pixel contrast (:mod:`pipa_core.losses.released`), unweighted.
+
+    The stage heads read the source forward's encoder maps: on HRDA those of the HR
+    detail crop, while ``label`` stays the whole context label (the loss resizes it to
+    the embedding: misaligned, as released). The never-trained ``cls_head`` picks the
+    hard / easy anchors.
+    """
+    heads = nets.segmentor.stage_heads
+    enc = out["hrda"]["hr_enc"] if "hrda" in out else out["enc"]
+    with ctx.autocast():
+        emb = heads.embed(enc)
+        with torch.no_grad():
+            pred = heads.classify(enc).argmax(1)
+    return nets.losses["pixel"](emb.float(), label, pred, generator=ctx.generator)
+
+
+def released_patch_contrast(img: torch.Tensor, nets: Networks, cfg: TrainConfig, ctx: StepContext):
+    """PiPa's released patch contrast (:mod:`pipa_core.losses.released`), unweighted.
+
+    The EMA teacher sees both crops (no gradient); HRDA variant: its logits resized to
+    the crop (``encode_decode``), DAFormer variant: its fused decoder feature; 2x2
+    average-pooled, then the loss module's own ``project`` / ``classifier`` heads.
+    """
+    from pipa_core.losses import sample_patch_pair
+    from pipa_core.losses.released import RELEASED_CELL
+
+    p, seg = cfg.losses.patch, nets.segmentor
+    pair = sample_patch_pair(
+        img, ctx.patch_crop, tuple(p.scale_range), tuple(p.iou_range),
+        generator=ctx.generator, align=RELEASED_CELL,
+    )  # fmt: skip
+    crops = torch.cat([pair.crop1, pair.crop2])
+    with torch.no_grad(), ctx.autocast():
+        t_out = nets.teacher(crops)
+    if seg.multi_resolution:
+        x = F.interpolate(
+            t_out["logits"].float(), size=crops.shape[-2:], mode="bilinear", align_corners=False
+        )
+    else:
+        x = t_out["feat"].float()
+    x1, x2 = F.avg_pool2d(x, kernel_size=2, stride=2).chunk(2)
+    return nets.losses["patch"](x1, x2, pair, generator=ctx.generator)
 
 
 def training_step(batch: dict, nets: Networks, cfg: TrainConfig, ctx: StepContext) -> StepOutput:
