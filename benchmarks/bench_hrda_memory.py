@@ -136,6 +136,7 @@ def build_case(args: argparse.Namespace, case: str, device: torch.device):
         "data.crop_size": (args.context, args.context),
         "data.batch_size": args.batch,
         "losses.patch.crop_size": patch,
+        "model.pretrained": None,  # memory and time do not depend on the weights
     }
     cfg = apply_overrides(make_config("gta2cs", "hrda"), {**sizes, **overrides})
     cfg.runtime.amp = args.amp  # set directly: "off" is a YAML keyword

@@ -201,8 +201,10 @@ def build_config(name: str, preset: str, dtype: str, channels_last: bool, device
     if name not in MODELS:
         raise SystemExit(f"unknown model configuration {name!r}; valid: {', '.join(MODELS)}")
     spec = MODELS[name]
-    cfg = uda_config.make_config(spec.benchmark, spec.method)
-    over = dict(spec.overrides)
+    # DAFormer's data setting (512 crops) for every model (mit_b5_640 sets its own); random
+    # weights: a step's time and memory do not depend on them (no weights file needed)
+    cfg = uda_config.make_config(spec.benchmark, spec.method, pipa_data=False)
+    over = {"model.pretrained": None, **spec.overrides}
     if over.pop("quickstart", False):
         over.update(quickstart_settings())
     reduced = False

@@ -49,8 +49,13 @@ TINY = [
 @pytest.mark.parametrize(
     "preset, source_scale", [("gta2cs_hrda", (1440, 2560)), ("syn2cs_hrda", (1520, 2560))]
 )
-def test_real_hrda_presets_follow_hrda_and_pipa(preset, source_scale):
+def test_real_hrda_presets_follow_hrda_and_pipa(preset, source_scale, tmp_path, monkeypatch):
+    # validation checks the ImageNet weights file exists: a placeholder in a scratch directory
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "pretrained").mkdir()
+    (tmp_path / "pretrained" / "mit_b5.pth").write_bytes(b"")
     cfg = validate_config(get_preset(preset))
+    assert cfg.model.pretrained == "pretrained/mit_b5.pth"
     assert cfg.model.arch == "hrda_daformer_mit_b5"
     assert cfg.model.hrda_detail_ratio == 0.5 and cfg.model.hrda_hr_loss_weight == 0.1
     assert cfg.data.crop_size == (1024, 1024) and cfg.data.source_scale == source_scale

@@ -96,7 +96,13 @@ def test_usage_errors_exit_2_data_errors_exit_1_without_tracebacks(root, tmp_pat
         (args(root, tmp_path / "r1", "runtime.device=nosuch"), 2, "runtime.device='nosuch'"),
         (args(root, tmp_path / "r2") + ["--stop-after", "0"], 2, "runtime.stop_after=0"),
         (args(root, tmp_path / "r3", "optim.max_iters=1.5"), 2, "expected an integer, got 1.5"),
-        (args(tmp_path / "empty", tmp_path / "r4", preset="gta2cs_dacs"), 1, "does not exist"),
+        (
+            args(
+                tmp_path / "empty", tmp_path / "r4", "model.pretrained=null", preset="gta2cs_dacs"
+            ),
+            1,
+            "does not exist",
+        ),
     ]
     for argv, code, message in cases:
         assert cli_main(argv) == code, message

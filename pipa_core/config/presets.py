@@ -17,6 +17,21 @@ HRDA configs (``configs/pipa/*HR2csHR_hrda.py``):
 * ImageNet feature distance on the LR features;
 * test: 1024x1024 sliding windows at stride 512 over the 1024x2048 image;
 * PiPa on HRDA: 60k iterations, pixel + patch contrast (α = β = 0.1), 720x720 patches.
+
+The DAFormer schedule (DAFormer's ``configs/daformer/gta2cs_uda_warm_fdthings_rcs_croppl_a999_
+daformer_mitb5_s0.py`` and ``configs/_base_/``): GTA 1280x720, SYNTHIA 1280x760, Cityscapes
+1024x512, 512x512 crops, 40k iterations, whole-image evaluation at 1024x512, no
+photometric distortion in the UDA pipelines (only the source-only / oracle configs
+have it), MiT-B5 from ``pretrained/mit_b5.pth``.
+
+PiPa on DAFormer (PiPa's released ``PiPa_DAFormer/configs/pipa/gta2cs_uda_warm_fdthings_rcs_
+croppl_a999_daformer_mitb5_s0.py`` with ``PiPa_DAFormer/configs/_base_/datasets/gta-cs.py``
+/ ``syn-cs.py``): the same sources (GTA 1280x720, SYNTHIA 1280x760), Cityscapes at
+1280x640, 640x640 crops, 60k iterations, rare-class temperature 0.1 (the config's run
+name says ``rcs0.01``; its ``class_temp`` is 0.1), pseudo-label margins 15 / 120 rows
+(as given, at the 640 crops), whole-image evaluation at 1280x640 and 720x720 patches
+(``configs/cac/config.json``). See docs/training.md, "Real-benchmark presets against the
+official configs".
 """
 
 from __future__ import annotations
@@ -29,12 +44,15 @@ from pipa_core.config.typed import ConfigError
 from pipa_core.models.hrda import hrda_arch
 
 __all__ = [
+    "DEFAULT_PRETRAINED",
     "HRDA_CONTEXT_CROP",
     "METHODS",
+    "PIPA_METHODS",
     "SYNTHETIC_BENCHMARKS",
     "VFM_BACKBONES",
     "apply_vfm_backbone",
     "apply_hrda_schedule",
+    "apply_pipa_daformer_schedule",
     "get_preset",
     "make_config",
     "preset_names",
@@ -48,6 +66,25 @@ HRDA_ITERS = 60000
 HRDA_PATCH_CROP = 720
 #: HRDA's RCS crop acceptance (relative to ``min_pixels``; DAFormer's 0.5 at half resolution).
 HRDA_RCS_MIN_CROP_RATIO = 2.0
+
+#: ImageNet weights the real MiT presets start from, relative to the working directory:
+#: the official configs' ``pretrained='pretrained/mit_b5.pth'`` (SegFormer's ImageNet-1k
+#: release, https://github.com/NVlabs/SegFormer). Checked before training
+#: (``ModelConfig.check``); ``model.pretrained=null`` is the explicit opt-in to random weights.
+DEFAULT_PRETRAINED = "pretrained/mit_b5.pth"
+#: DAFormer's and PiPa-on-DAFormer's schedule lengths.
+DAFORMER_ITERS = 40000
+PIPA_ITERS = 60000
+#: Methods that run PiPa's schedule (60k iterations; PiPa's data setting on Cityscapes targets).
+PIPA_METHODS = ("pipa", "pipa_pp", "pipa_mic")
+#: PiPa on DAFormer (PiPa_DAFormer/configs/_base_/datasets/gta-cs.py, syn-cs.py): crop (H, W),
+#: Cityscapes resize (H, W) for training and test, RCS temperature, patch side
+#: (configs/cac/config.json ``crop_size``) and pseudo-label margins (rows, as given).
+PIPA_DAFORMER_CROP = (640, 640)
+PIPA_DAFORMER_TARGET_SCALE = (640, 1280)
+PIPA_DAFORMER_RCS_TEMPERATURE = 0.1
+PIPA_DAFORMER_PATCH_CROP = 720
+PIPA_DAFORMER_PSEUDO_ROWS = (15, 120)
 
 
 # --------------------------------------------------------------------------- methods
@@ -112,6 +149,17 @@ def _hrda(c: TrainConfig) -> None:
     c.model.arch = hrda_arch(c.model.arch)
 
 
+def _pipa_released(c: TrainConfig) -> None:
+    # PiPa on HRDA as its released code trains it (configs/pipa/*HR2csHR_hrda.py with
+    # mmseg/models/uda/dacs.py, hrda_head.py): docs/losses.md, "Paper vs released code".
+    _hrda(c)
+    c.losses.pixel.released = True  # hrda_head.py: loss_weight 0.1 (losses.pixel.weight)
+    c.losses.patch.released = True
+    c.losses.patch.weight = 0.01  # dacs.py (HRDA variant) weight_unsup, on the SUM of both ways
+    c.losses.patch.start_iter = 10000  # dacs.py: `if self.local_iter < 10000` (warm-up)
+    c.losses.patch.scale_range = (0.8, 2.0)  # configs/cac/config.json: long side 2048 x [0.8, 2.0]
+
+
 #: Method recipes: name -> function that switches a config to that method.
 METHODS = {
     "source_only": _source_only,
@@ -124,24 +172,57 @@ METHODS = {
     "mic": _mic,
     "pipa_mic": _pipa_mic,
     "hrda": _hrda,
+    "pipa_released": _pipa_released,
 }
 
 
 def _real_schedule(c: TrainConfig, benchmark: str, method: str) -> None:
-    """DAFormer 40k or PiPa 60k iterations for a real benchmark (MiT-B5, 512x512 crops).
+    """DAFormer's schedule on a real benchmark: MiT-B5 from the ImageNet weights, 512x512 crops.
 
-    The benchmark supplies scales, crop, protocols and pseudo-label crop rows. PiPa's
-    640x640 crops belong to its HRDA setting (full-resolution Cityscapes); with the
-    DAFormer scales used here (Cityscapes 1024x512) the crop stays 512x512.
+    The benchmark supplies scales (DAFormer's: GTA 1280x720, SYNTHIA 1280x760,
+    Cityscapes 1024x512), crop, protocols and pseudo-label crop rows. 40k iterations
+    (PiPa's methods 60k); whole-image evaluation at the target scale, as DAFormer's
+    ``test_cfg=dict(mode='whole')``. PiPa's methods on a Cityscapes target then get
+    PiPa-on-DAFormer's data setting (:func:`apply_pipa_daformer_schedule`: 640 crops of
+    1280x640 Cityscapes); HRDA's methods HRDA's (:func:`apply_hrda_schedule`: 1024 context
+    crops of 2048x1024 Cityscapes). The photometric distortion is set in
+    :func:`make_config` once the method's mode is known.
     """
     c.data.benchmark = benchmark
     c.model.arch = "daformer_mit_b5"
-    c.optim.max_iters = 60000 if method in ("pipa", "pipa_pp", "pipa_mic") else 40000
+    c.model.pretrained = DEFAULT_PRETRAINED
+    c.optim.max_iters = PIPA_ITERS if method in PIPA_METHODS else DAFORMER_ITERS
     c.data.batch_size = 2
     c.data.num_workers = 4
     c.eval.interval = 4000
-    c.eval.mode = "slide"
+    c.eval.mode = "whole"
     c.losses.patch.crop_size = 576  # 9/8 of the crop, as 720 for PiPa's 640 crops
+
+
+def apply_pipa_daformer_schedule(c: TrainConfig) -> None:
+    """PiPa's released DAFormer setting (``PiPa_DAFormer/`` in the PiPa repository).
+
+    From ``configs/_base_/datasets/gta-cs.py`` / ``syn-cs.py`` and
+    ``configs/pipa/gta2cs_uda_warm_fdthings_rcs_croppl_a999_daformer_mitb5_s0.py``:
+    640x640 crops; Cityscapes resized to 1280x640 for training and for the
+    whole-image test; the sources at DAFormer's scales (GTA 1280x720, SYNTHIA
+    1280x760: unchanged); ``class_temp=0.1`` (the run name's ``rcs0.01`` is not
+    what the config sets); pseudo-label margins 15 / 120 rows as given (not scaled
+    to the crop); 60k iterations; 720x720 patches (``configs/cac/config.json``).
+    For Cityscapes targets only: the ACDC / Dark Zurich targets (960x540) and their
+    Cityscapes source (1024x512) are lower than the 640 crop.
+    """
+    c.data.crop_size = PIPA_DAFORMER_CROP
+    c.data.target_scale = PIPA_DAFORMER_TARGET_SCALE
+    c.data.rcs_temperature = PIPA_DAFORMER_RCS_TEMPERATURE
+    c.uda.pseudo_crop_top, c.uda.pseudo_crop_bottom = PIPA_DAFORMER_PSEUDO_ROWS
+    c.optim.max_iters = PIPA_ITERS
+    c.eval.mode = "whole"
+    c.losses.patch.crop_size = PIPA_DAFORMER_PATCH_CROP
+
+
+def _cityscapes_target(spec: Any) -> bool:
+    return spec.target.name in ("cityscapes", "cityscapes_seq")
 
 
 #: The embedded benchmarks (still images; sequences for temporal contrast).
@@ -190,11 +271,15 @@ def _synthetic_schedule(c: TrainConfig) -> None:
     c.runtime.image_interval = 250
 
 
-def make_config(benchmark: str, method: str = "pipa", **sections: Any) -> TrainConfig:
+def make_config(
+    benchmark: str, method: str = "pipa", *, pipa_data: bool = True, **sections: Any
+) -> TrainConfig:
     """Preset for ``benchmark`` (``pipa_core.data.benchmarks.BENCHMARKS``) and ``method`` (:data:`METHODS`).
 
     ``sections`` are per-section overrides, e.g.
-    ``make_config("synthetic", "dacs", optim={"max_iters": 50})``.
+    ``make_config("synthetic", "dacs", optim={"max_iters": 50})``. ``pipa_data=False``
+    keeps PiPa's methods on DAFormer's data setting (512 crops of 1024x512 Cityscapes;
+    the DINOv2 presets) instead of PiPa-on-DAFormer's (:func:`apply_pipa_daformer_schedule`).
     """
     if method not in METHODS:
         raise ConfigError(f"unknown method {method!r}; valid methods: {', '.join(METHODS)}")
@@ -210,8 +295,16 @@ def make_config(benchmark: str, method: str = "pipa", **sections: Any) -> TrainC
     else:
         _real_schedule(c, benchmark, method)
     METHODS[method](c)
-    if method == "hrda" and not synthetic:
-        apply_hrda_schedule(c, BENCHMARKS[benchmark])
+    if not synthetic:
+        spec = BENCHMARKS[benchmark]
+        if method in ("hrda", "pipa_released"):
+            apply_hrda_schedule(c, spec)
+        elif method in PIPA_METHODS and pipa_data and _cityscapes_target(spec):
+            apply_pipa_daformer_schedule(c)
+        # The official UDA configs comment PhotoMetricDistortion out of every pipeline
+        # (DACS's colour jitter of the mixed image replaces it); their source-only and
+        # oracle configs keep it.
+        c.data.photometric = c.uda.mode != "self_training"
     if synthetic:
         # No ImageNet weights offline: the frozen "ImageNet" encoder would be random.
         c.uda.fd_lambda = 0.0
@@ -239,7 +332,8 @@ def apply_vfm_backbone(c: TrainConfig, encoder: str) -> None:
     iterations then linear decay, weight decay 0.01, no layer-wise decay in their
     default run (``optim.layer_decay`` offers it). Kept from our real presets, unlike
     VFM-UDA (1024 crops of full-resolution images, batch 8): the DAFormer data setting
-    (512 crops, batch 2) and the method's schedule length.
+    (512 crops, batch 2, whole-image evaluation; also for PiPa's methods, see
+    :func:`get_preset`) and the method's schedule length.
     """
     c.model.arch = f"daformer_{encoder}"
     c.model.pretrained = "dinov2"  # timm's hub; offline: a local file (docs/models.md)
@@ -253,7 +347,8 @@ def apply_vfm_backbone(c: TrainConfig, encoder: str) -> None:
 
 
 def preset_names() -> list[str]:
-    """All preset names ``<benchmark>_<method>`` (PiPa++ only where frames exist), and
+    """All preset names ``<benchmark>_<method>`` (PiPa++ only where frames exist, the
+    released-code re-enactment ``pipa_released`` only on the real benchmarks), and
     ``<benchmark>_<method>_<dinov2s|b|l>`` for the real benchmarks."""
     from pipa_core.data.benchmarks import BENCHMARKS
 
@@ -262,6 +357,8 @@ def preset_names() -> list[str]:
         for m in METHODS:
             if m == "pipa_pp" and not spec.video:
                 continue
+            if m == "pipa_released" and b in SYNTHETIC_BENCHMARKS:
+                continue  # a re-enactment of the real-benchmark release only
             names.append(f"{b}_{m}")
     for b in BENCHMARKS:
         if b not in SYNTHETIC_BENCHMARKS:
@@ -275,14 +372,17 @@ def get_preset(name: str) -> TrainConfig:
     if name not in names:
         raise ConfigError(f"unknown preset {name!r}; valid presets: {', '.join(names)}")
     base, _, suffix = name.rpartition("_")
-    if suffix in VFM_BACKBONES:
-        c = get_preset(base)
-        apply_vfm_backbone(c, VFM_BACKBONES[suffix])
-        c.name = name
-        return c
+    vfm = suffix in VFM_BACKBONES
+    if not vfm:
+        base = name
     for m in sorted(METHODS, key=len, reverse=True):
-        if name.endswith("_" + m):
-            return make_config(name[: -len(m) - 1], m)
+        if base.endswith("_" + m):
+            # The DINOv2 presets keep DAFormer's data setting for every method.
+            c = make_config(base[: -len(m) - 1], m, pipa_data=not vfm)
+            if vfm:
+                apply_vfm_backbone(c, VFM_BACKBONES[suffix])
+                c.name = name
+            return c
     raise AssertionError(name)  # unreachable: every name is <benchmark>_<method>
 
 

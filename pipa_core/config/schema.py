@@ -105,7 +105,9 @@ class ModelConfig:
     """Segmentor built by ``pipa_core.models.build_segmentor``."""
 
     arch: str = "daformer_mit_b5"  # pipa_core.models.ARCHS name, or hrda_<name> for HRDA
-    # ImageNet encoder weights: official mit_b*.pth, HF nvidia/mit-b* or "imagenet" (download).
+    # ImageNet encoder weights: a file (official mit_b*.pth, HF nvidia/mit-b* pytorch_model.bin /
+    # model.safetensors; relative to the working directory), "imagenet" / "dinov2" (download),
+    # or None (random weights). The real-benchmark presets name pretrained/mit_b5.pth.
     pretrained: Optional[str] = None
     # A whole segmentor to start from (a warm start): a file written by
     # Segmentor.export_weights, a finished run directory, or a shipped name
@@ -135,6 +137,9 @@ class ModelConfig:
             errs.append(f"model.hrda_detail_ratio={self.hrda_detail_ratio} must lie in (0, 1]")
         if not 0 <= self.hrda_hr_loss_weight < 1:
             errs.append(f"model.hrda_hr_loss_weight={self.hrda_hr_loss_weight} must lie in [0, 1)")
+        if self.pretrained is not None and self.pretrained not in PRETRAINED_HUB_NAMES:
+            if not Path(self.pretrained).is_file():
+                errs.append(_missing_pretrained(self.pretrained, self.arch))
         if self.init_from is not None:
             from pipa_core.assets import resolve_weights
 
@@ -147,6 +152,35 @@ class ModelConfig:
         if self.proj_dim is not None and self.proj_dim < 1:
             errs.append(f"model.proj_dim={self.proj_dim} must be >= 1 or null")
         return errs
+
+
+#: ``model.pretrained`` values that name hub downloads, not files.
+PRETRAINED_HUB_NAMES = ("imagenet", "dinov2")
+
+
+def _missing_pretrained(path: str, arch: str) -> str:
+    """The error for a ``model.pretrained`` file that does not exist: which file, where from."""
+    enc = arch.removeprefix("hrda_").split("_", 1)[-1]
+    where = f"{path!r} (relative to the working directory {Path.cwd()})"
+    if enc.startswith("mit_b"):
+        hf = f"nvidia/mit-b{enc[len('mit_b') :]}"
+        dest = path if Path(path).name == f"{enc}.pth" else "a file"
+        how = (
+            f"download the ImageNet-1k weights {enc}.pth of the official SegFormer release "
+            f"(https://github.com/NVlabs/SegFormer, 'ImageNet-1K pretrained weights') to {dest}, "
+            f"or pytorch_model.bin / model.safetensors of Hugging Face {hf} "
+            f"(https://huggingface.co/{hf}), and set model.pretrained=<that file> if it is "
+            f"not {path}; model.pretrained=imagenet downloads {hf} from the hub"
+        )
+    elif enc.startswith("dinov2"):
+        how = "model.pretrained=dinov2 downloads timm's DINOv2 weights (docs/models.md)"
+    else:
+        how = "model.pretrained=imagenet downloads the ImageNet weights from the hub"
+    return (
+        f"model.pretrained: the ImageNet weights file {where} does not exist; {how}. "
+        "To train from random weights instead (not the papers' setting), set "
+        "model.pretrained=null"
+    )
 
 
 @dataclass
@@ -275,6 +309,10 @@ class PixelLossConfig:
     max_anchors: int = 1024  # anchors per call (official max_samples)
     max_views: int = 100  # anchors per (image, class)
     memory_size: int = 0  # per-class memory bank (PiPa++ semantic-aware bank); 0 = off
+    # PiPa's released code instead of the paper (docs/losses.md, "Paper vs released code"):
+    # proj_head on the encoder stages, GT of the source only, groups <= max_views dropped,
+    # 255 a class, x tau/0.07, anchors by the untrained cls_head, HRDA detail-crop features
+    released: bool = False
 
 
 @dataclass
@@ -290,6 +328,11 @@ class PatchLossConfig:
     max_locations: int = 1024  # matched locations kept per step
     num_negatives: int = 3200  # extra negatives from both patches of the batch
     memory_size: int = 0  # queue of past negatives; 0 = off
+    # PiPa's released code instead of the paper (docs/losses.md, "Paper vs released code"):
+    # the CAC loss on the EMA teacher's pooled output through a separate `project` head
+    # (trains only that head), SUM of both directions, the last 3 steps' negatives
+    released: bool = False
+    start_iter: int = 0  # first iteration with the patch loss (released: 10000)
 
 
 @dataclass
@@ -359,6 +402,35 @@ class LossConfig:
             )
         if self.patch.crop_size is not None and self.patch.crop_size < 32:
             errs.append(f"losses.patch.crop_size={self.patch.crop_size} must be >= 32 or null")
+        return errs + self._check_released()
+
+    def _check_released(self) -> list[str]:
+        """``released`` switches: what the released code has no counterpart for."""
+        errs = []
+        px, pt = self.pixel, self.patch
+        if pt.start_iter < 0:
+            errs.append(f"losses.patch.start_iter={pt.start_iter} must be >= 0")
+        if px.released and px.use_target:
+            errs.append(
+                "losses.pixel.released=true contrasts source pixels only; set "
+                "losses.pixel.use_target=false"
+            )
+        for name, sub, bank in (("pixel", px, "semantic memory bank"), ("patch", pt, "queue")):
+            if sub.released and sub.memory_size > 0:
+                errs.append(
+                    f"losses.{name}.released=true has no {bank} (the released patch loss keeps "
+                    f"its own last-3-steps negatives); set losses.{name}.memory_size=0"
+                )
+        if pt.released and (pt.num_negatives < 2 or pt.num_negatives % 2):
+            errs.append(
+                f"losses.patch.released=true draws num_negatives / 2 cells per crop; "
+                f"losses.patch.num_negatives={pt.num_negatives} must be even and >= 2 (3200)"
+            )
+        if pt.released and pt.crop_size is not None and pt.crop_size % 8:
+            errs.append(
+                f"losses.patch.released=true indexes the overlap in 8-pixel cells; "
+                f"losses.patch.crop_size={pt.crop_size} must be a multiple of 8 (720)"
+            )
         return errs
 
 
