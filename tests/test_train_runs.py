@@ -417,3 +417,47 @@ def test_synthetic_presets_start_from_the_shipped_warm_start():
         seg = build_from_config(m, (128, 128), pretrained=False)
         report = load_segmentor_weights(seg, path, strict=True)
         assert report.loaded > 0 and not report.missing and not report.unexpected
+
+
+def test_released_preset_trains_and_resumes_with_its_patch_head(real_root, tmp_path):
+    """gta2cs_pipa_released end to end on the fixture trees: no patch term before
+    losses.patch.start_iter, the released `project` / `classifier` heads and the negative
+    bank are checkpointed, and a run resumed from an earlier checkpoint ends with the same
+    student and the same patch-loss state. (Which parameters the released losses train is
+    tested in test_released_mode.py; a tiny random teacher is never confident enough for
+    the release's 0.9 positive mask, so `project` gets no gradient here.)"""
+    import shutil
+
+    def config(run_dir, *extra):
+        return apply_overrides(
+            get_preset("gta2cs_pipa_released"),
+            [
+                *TINY_MODEL, f"data.data_root={real_root}", "data.source_scale=128,192",
+                "data.target_scale=128,192", "data.crop_size=128,128", "eval.crop_size=null",
+                "eval.stride=null", "data.batch_size=1", "data.num_workers=0",
+                "data.rcs_min_pixels=10", "uda.pseudo_crop_top=null", "uda.pseudo_crop_bottom=null",
+                "losses.patch.crop_size=64", "losses.patch.num_negatives=64",
+                "losses.patch.start_iter=1", "optim.max_iters=3", "runtime.checkpoint_interval=1",
+                "runtime.keep_checkpoint_interval=1", f"runtime.run_dir={run_dir}", *extra,
+            ],
+        )  # fmt: skip
+
+    result = train(config(tmp_path / "a"))
+    assert result["finished"] and result["skipped_steps"] == 0
+    rows = [json.loads(x) for x in (tmp_path / "a" / "metrics.jsonl").read_text().splitlines()]
+    patch = [r["patch"] for r in rows if r["kind"] == "train"]
+    assert patch[0] == 0.0 and all(math.isfinite(p) for p in patch)
+    final = load_checkpoint(tmp_path / "a")
+    assert {"project.0.weight", "project.2.weight", "classifier.weight"} <= set(
+        final["losses"]["patch"]
+    )
+    # resume run b from a's iteration-2 checkpoint
+    shutil.copytree(tmp_path / "a", tmp_path / "b")
+    ck = tmp_path / "b" / "checkpoints"
+    shutil.copy(ck / "iter_0000002.pt", ck / "latest.pt")
+    train(config(tmp_path / "b", "runtime.resume=true"))
+    resumed = load_checkpoint(tmp_path / "b")
+    assert resumed["iteration"] == final["iteration"] == 3
+    for k, v in final["losses"]["patch"].items():
+        assert torch.equal(resumed["losses"]["patch"][k], v), k
+    assert all(torch.equal(v, final["student"][k]) for k, v in resumed["student"].items())
