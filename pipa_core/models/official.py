@@ -314,20 +314,8 @@ def infer_architecture(sd: StateDict, config_text: str = "") -> ReleasedArch:
 
 
 # ------------------------------------------------------------------- key mapping
-def _daformer_head_key(rest: str) -> Optional[str]:
-    """Our ``DAFormerHead`` name for a key under an official DAFormer head, or None."""
-    rules = [
-        (r"^embed_layers\.(\d)\.proj\.", r"embeds.\1."),
-        (r"^fuse_layer\.aspp_modules\.0\.conv\.", "fuse.branches.0.0."),
-        (r"^fuse_layer\.aspp_modules\.0\.bn\.", "fuse.branches.0.1."),
-        (r"^fuse_layer\.aspp_modules\.(\d)\.depthwise_conv\.conv\.", r"fuse.branches.\1.0.0."),
-        (r"^fuse_layer\.aspp_modules\.(\d)\.depthwise_conv\.bn\.", r"fuse.branches.\1.0.1."),
-        (r"^fuse_layer\.aspp_modules\.(\d)\.pointwise_conv\.conv\.", r"fuse.branches.\1.1.0."),
-        (r"^fuse_layer\.aspp_modules\.(\d)\.pointwise_conv\.bn\.", r"fuse.branches.\1.1.1."),
-        (r"^fuse_layer\.bottleneck\.conv\.", "fuse.bottleneck.0."),
-        (r"^fuse_layer\.bottleneck\.bn\.", "fuse.bottleneck.1."),
-        (r"^conv_seg\.", "conv_seg."),
-    ]
+def _rename(rest: str, rules: List[Tuple[str, str]]) -> Optional[str]:
+    """``rest`` rewritten by the first rule whose pattern matches it, or None."""
     for pattern, repl in rules:
         new, n = re.subn(pattern, repl, rest)
         if n:
@@ -335,19 +323,26 @@ def _daformer_head_key(rest: str) -> Optional[str]:
     return None
 
 
-def _attention_key(rest: str) -> Optional[str]:
-    """Our scale-attention (``SegFormerHead``) name for a key under ``scale_attention.``."""
-    rules = [
-        (r"^embed_layers\.(\d)\.proj\.", r"embeds.\1."),
-        (r"^fuse_layer\.conv\.", "linear_fuse.0."),
-        (r"^fuse_layer\.bn\.", "linear_fuse.1."),
-        (r"^conv_seg\.", "conv_seg."),
-    ]
-    for pattern, repl in rules:
-        new, n = re.subn(pattern, repl, rest)
-        if n:
-            return new
-    return None
+#: Official DAFormer-head key (after the head prefix) -> our ``DAFormerHead`` key.
+_DAFORMER_HEAD_RULES = [
+    (r"^embed_layers\.(\d)\.proj\.", r"embeds.\1."),
+    (r"^fuse_layer\.aspp_modules\.0\.conv\.", "fuse.branches.0.0."),
+    (r"^fuse_layer\.aspp_modules\.0\.bn\.", "fuse.branches.0.1."),
+    (r"^fuse_layer\.aspp_modules\.(\d)\.depthwise_conv\.conv\.", r"fuse.branches.\1.0.0."),
+    (r"^fuse_layer\.aspp_modules\.(\d)\.depthwise_conv\.bn\.", r"fuse.branches.\1.0.1."),
+    (r"^fuse_layer\.aspp_modules\.(\d)\.pointwise_conv\.conv\.", r"fuse.branches.\1.1.0."),
+    (r"^fuse_layer\.aspp_modules\.(\d)\.pointwise_conv\.bn\.", r"fuse.branches.\1.1.1."),
+    (r"^fuse_layer\.bottleneck\.conv\.", "fuse.bottleneck.0."),
+    (r"^fuse_layer\.bottleneck\.bn\.", "fuse.bottleneck.1."),
+    (r"^conv_seg\.", "conv_seg."),
+]
+#: Official HRDA ``scale_attention.`` key -> our scale-attention (``SegFormerHead``) key.
+_ATTENTION_RULES = [
+    (r"^embed_layers\.(\d)\.proj\.", r"embeds.\1."),
+    (r"^fuse_layer\.conv\.", "linear_fuse.0."),
+    (r"^fuse_layer\.bn\.", "linear_fuse.1."),
+    (r"^conv_seg\.", "conv_seg."),
+]
 
 
 def _reverse_level_blocks(w: torch.Tensor, levels: int) -> torch.Tensor:
@@ -374,10 +369,10 @@ def released_to_pipa(
         if key.startswith("backbone."):
             new = "encoder." + key[len("backbone.") :]
         elif key.startswith(head):
-            rest = _daformer_head_key(key[len(head) :])
+            rest = _rename(key[len(head) :], _DAFORMER_HEAD_RULES)
             new = "decoder." + rest if rest else None
         elif arch.hrda and key.startswith("decode_head.scale_attention."):
-            rest = _attention_key(key[len("decode_head.scale_attention.") :])
+            rest = _rename(key[len("decode_head.scale_attention.") :], _ATTENTION_RULES)
             new = "scale_attention." + rest if rest else None
             if rest == "linear_fuse.0.weight":
                 value = _reverse_level_blocks(value, 4)
