@@ -41,7 +41,7 @@ from typing import Any
 from pipa_core.config.overrides import apply_overrides
 from pipa_core.config.schema import TrainConfig
 from pipa_core.config.typed import ConfigError
-from pipa_core.models.hrda import hrda_arch
+from pipa_core.models.hrda import hrda_arch, is_hrda_arch
 
 __all__ = [
     "DEFAULT_PRETRAINED",
@@ -297,7 +297,7 @@ def make_config(
     METHODS[method](c)
     if not synthetic:
         spec = BENCHMARKS[benchmark]
-        if method in ("hrda", "pipa_released"):
+        if is_hrda_arch(c.model.arch):  # the recipe chose HRDA: its data setting
             apply_hrda_schedule(c, spec)
         elif method in PIPA_METHODS and pipa_data and _cityscapes_target(spec):
             apply_pipa_daformer_schedule(c)

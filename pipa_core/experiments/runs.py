@@ -108,8 +108,15 @@ def load_run_config(
         return released_run_config(
             infer_architecture(state.part("student"), state.config_text), benchmark
         )
+    return _config_of(state, path)
+
+
+def _config_of(state: dict, path: Path):
+    """The ``TrainConfig`` recorded in one of our training checkpoints (already loaded)."""
+    from pipa_core.config import TrainConfig
+
     if "config" not in state:
-        raise ValueError(f"{p} holds no 'config'; it is not a training checkpoint")
+        raise ValueError(f"{path} holds no 'config'; it is not a training checkpoint")
     return TrainConfig.from_dict(state["config"])
 
 
@@ -165,7 +172,7 @@ def load_segmentor(
         raise ValueError(
             f"{path} has no {which!r} weights (a supervised run has no teacher); use which='student'"
         )
-    cfg = load_run_config(run) if Path(run).is_dir() else load_run_config(path)
+    cfg = load_run_config(run) if Path(run).is_dir() else _config_of(state, path)
     seg = build_segmentor_for(cfg)
     seg.load_state_dict(state[which])
     return seg.to(device).eval()

@@ -57,6 +57,7 @@ from torch.utils.checkpoint import checkpoint
 
 from pipa_core.labels import NUM_CLASSES
 from pipa_core.losses.infonce import info_nce, zero_loss
+from pipa_core.losses.location import _randperm
 from pipa_core.losses.patch import PatchPair
 from pipa_core.losses.pixel import _rank_within, downsample_labels
 
@@ -74,11 +75,6 @@ RELEASED_BASE_TEMPERATURE = 0.07
 #: Crop pixels per overlap cell in the released patch loss (``ul // 8``, CAC's stride).
 RELEASED_CELL = 8
 _EPS = 1e-8  # the release's eps inside the log
-
-
-def _randperm(n: int, generator: torch.Generator | None, device: torch.device) -> torch.Tensor:
-    dev = generator.device if generator is not None else device
-    return torch.randperm(n, generator=generator, device=dev).to(device)
 
 
 # --------------------------------------------------------------------------- pixel

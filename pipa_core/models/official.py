@@ -64,8 +64,6 @@ StateDict = Dict[str, torch.Tensor]
 
 #: ``which`` -> state-dict prefix of that segmentor in a released file.
 PREFIXES = {"student": "model.", "teacher": "ema_model.", "imagenet": "imnet_model."}
-#: Top-level PiPa tensors outside the segmentors (patch contrast on the teacher's logits).
-_PIPA_TOP_LEVEL = ("project.", "classifier.")
 _TRUST_HINT = (
     "If you trust where the file comes from (e.g. the authors' release), opt in to a full "
     "unpickling with trust_checkpoint=True (notebooks: -p trust_checkpoint True; command line: "
