@@ -226,23 +226,36 @@ def test_ccd_notebook(trained_runs, tmp_path):
 
 @pytest.mark.slow
 def test_ablation_notebook_table_and_reuse_of_finished_runs(data_root, tmp_path):
+    from pipa_core.experiments.runs import load_run_config
+
     run_notebook(
         "ablation", tmp_path, data_root=str(data_root), settings=["self-training", "+pixel"],
         seeds=[0], out_dir="abl", overrides=TINY, reuse_from=[], jobs=1,
     )  # fmt: skip
     out = json.loads((tmp_path / "abl" / "ablation.json").read_text())
-    assert [r["setting"] for r in out["table"]] == ["self-training", "+pixel"]
+    control = "source only (control)"
+    assert [r["setting"] for r in out["table"]] == [control, "self-training", "+pixel"]
     assert all(r["runs"] == 1 and r["std"] == 0.0 for r in out["table"])
-    assert sorted(r["losses"] for r in out["runs"]) == ["-", "pixel"]
+    assert sorted(r["losses"] for r in out["runs"]) == ["-", "-", "pixel"]
+    by = {r["setting"]: r for r in out["runs"]}
+    mode = lambda setting: load_run_config(tmp_path / by[setting]["run_dir"]).uda.mode  # noqa: E731
+    assert mode(control) == "source_only" and mode("self-training") == "self_training"
+    # every gain is the row's mean minus the control's
+    base = out["table"][0]
+    assert base["gain"] is None
+    for row in out["table"][1:]:
+        assert row["gain"] == pytest.approx(row["mean"] - base["mean"])
     assert (tmp_path / "abl" / "ablation.png").stat().st_size > 0
-    assert "| self-training |" in (tmp_path / "abl" / "ablation.md").read_text()
+    md = (tmp_path / "abl" / "ablation.md").read_text()
+    assert "| self-training |" in md and f"| {control} |" in md and "| reference |" in md
     # A second ablation into another folder reuses the first one's finished runs.
     run_notebook(
         "ablation", tmp_path, data_root=str(data_root), settings=["+pixel"], seeds=[0],
-        out_dir="abl2", overrides=TINY, reuse_from=["abl"], jobs=1,
+        out_dir="abl2", overrides=TINY, reuse_from=["abl"], jobs=1, control=False,
     )  # fmt: skip
     again = json.loads((tmp_path / "abl2" / "ablation.json").read_text())
-    assert again["runs"][0]["run_dir"] == out["runs"][1]["run_dir"]
+    assert [r["setting"] for r in again["table"]] == ["+pixel"] and again["table"][0]["gain"] is None
+    assert again["runs"][0]["run_dir"] == by["+pixel"]["run_dir"]
     assert not (tmp_path / "abl2" / "pixel").exists()
 
 

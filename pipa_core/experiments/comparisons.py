@@ -429,6 +429,35 @@ def ablation_config(
     )
 
 
+#: The ablation's reference row: the benchmark's source-only preset, same schedule and seeds.
+CONTROL = "source only (control)"
+
+
+def control_config(
+    benchmark: str,
+    seed: int,
+    out_dir: str | Path,
+    data_root: str = "data",
+    overrides: Sequence[str] = (),
+) -> TrainConfig:
+    """The source-only run the ablation's settings are measured against (``out_dir/source-only``).
+
+    On the embedded benchmark it is the quickstart's control (the warm start trained
+    further on the source for the same schedule), so a finished quickstart run is reused.
+    """
+    cfg = make_config(benchmark, "source_only")
+    return apply_overrides(
+        cfg,
+        [
+            f"data.data_root={data_root}",
+            f"runtime.seed={seed}",
+            f"runtime.run_dir={Path(out_dir) / 'source-only' / f'seed{seed}'}",
+            f"name={benchmark}_source_only_seed{seed}",
+            *overrides,
+        ],
+    )
+
+
 def run_ablation(
     benchmark: str = "synthetic",
     method: str = "daformer",
@@ -440,16 +469,20 @@ def run_ablation(
     jobs: Optional[int] = None,
     reuse_from: Sequence[str | Path] = (),
     progress: bool = True,
+    control: bool = True,
 ) -> dict[str, Any]:
     """Every setting of :func:`ablation_settings` x seed from ``method``'s preset; the table.
 
     Finished runs of the same configuration are reused, from ``out_dir`` or from run
-    directories below ``reuse_from`` (the quickstart's DACS and PiPa runs are the
-    ablation's first and last rows on the embedded benchmark).
+    directories below ``reuse_from`` (the quickstart's source-only, DACS and PiPa runs
+    are the ablation's control, first and last rows on the embedded benchmark).
+    ``control=True`` adds the source-only row (:func:`control_config`, same seeds) first,
+    and every other row reports its gain over it.
 
     Returns:
         ``{"runs": [{setting, seed, losses, mIoU, run_dir}], "table": [{setting, mean, std,
-        runs}], "markdown": ...}``; also written to ``out_dir/ablation.{json,md}``.
+        runs, gain}], "markdown": ...}`` (``gain``: mean minus the control's mean, ``None``
+        without a control); also written to ``out_dir/ablation.{json,md}``.
     """
     from pipa_core.data.benchmarks import get_benchmark
 
@@ -469,6 +502,13 @@ def run_ablation(
         for name in chosen
         for s in seeds
     ]
+    if control:
+        controls = [
+            (CONTROL, s, control_config(benchmark, s, out_dir, data_root, overrides))
+            for s in seeds
+        ]
+        jobs_cfg = controls + jobs_cfg
+        chosen = [CONTROL, *chosen]
     results = run_configs(
         [c for _, _, c in jobs_cfg], jobs=jobs, progress=progress, reuse_from=reuse_from
     )
@@ -476,7 +516,7 @@ def run_ablation(
         {
             "setting": name,
             "seed": s,
-            "losses": "+".join(available[name]) or "-",
+            "losses": "+".join(available.get(name, ())) or "-",
             "mIoU": float(r["mIoU"]),
             "run_dir": r["run_dir"],
         }
@@ -489,10 +529,17 @@ def run_ablation(
         table.append(
             {"setting": name, "mean": statistics.fmean(vals), "std": std, "runs": len(vals)}
         )
-    lines = ["| setting | mIoU mean ± std | per seed |", "|---|---|---|"]
+    base = table[0]["mean"] if control else None
+    for row in table:
+        row["gain"] = None if base is None or row["setting"] == CONTROL else row["mean"] - base
+    lines = ["| setting | mIoU mean ± std | per seed | gain over the control |", "|---|---|---|---|"]
     for row in table:
         per_seed = ", ".join(f"{r['mIoU']:.1f}" for r in runs if r["setting"] == row["setting"])
-        lines.append(f"| {row['setting']} | {row['mean']:.1f} ± {row['std']:.1f} | {per_seed} |")
+        gain = "reference" if row["setting"] == CONTROL else "-"
+        gain = gain if row["gain"] is None else f"{row['gain']:+.1f}"
+        lines.append(
+            f"| {row['setting']} | {row['mean']:.1f} ± {row['std']:.1f} | {per_seed} | {gain} |"
+        )
     out = {"benchmark": benchmark, "method": method, "runs": runs, "table": table}
     out["markdown"] = "\n".join(lines) + "\n"
     atomic_write_json(
