@@ -504,8 +504,7 @@ def run_ablation(
     ]
     if control:
         controls = [
-            (CONTROL, s, control_config(benchmark, s, out_dir, data_root, overrides))
-            for s in seeds
+            (CONTROL, s, control_config(benchmark, s, out_dir, data_root, overrides)) for s in seeds
         ]
         jobs_cfg = controls + jobs_cfg
         chosen = [CONTROL, *chosen]
@@ -532,7 +531,10 @@ def run_ablation(
     base = table[0]["mean"] if control else None
     for row in table:
         row["gain"] = None if base is None or row["setting"] == CONTROL else row["mean"] - base
-    lines = ["| setting | mIoU mean ± std | per seed | gain over the control |", "|---|---|---|---|"]
+    lines = [
+        "| setting | mIoU mean ± std | per seed | gain over the control |",
+        "|---|---|---|---|",
+    ]
     for row in table:
         per_seed = ", ".join(f"{r['mIoU']:.1f}" for r in runs if r["setting"] == row["setting"])
         gain = "reference" if row["setting"] == CONTROL else "-"
