@@ -212,3 +212,33 @@ def test_mic_is_an_optional_row_of_the_quickstart_table():
     # the same protocol as the other rows: warm start, schedule, seed; only MIC differs
     assert mic.model.init_from == dacs.model.init_from and mic.optim == dacs.optim
     assert METHOD_LABELS["mic"] == "Self-training + MIC"
+
+
+def test_a_finished_run_is_reused_only_for_its_own_seed(tmp_path):
+    """Reuse compares every setting that changes a result, the seed included; where the
+    run lives, its threads and its logging do not count."""
+    from pipa_core.experiments.comparisons import finished_result, quickstart_config
+
+    def finish(cfg, miou):
+        cfg.resolved_run_dir.mkdir(parents=True)
+        (cfg.resolved_run_dir / "config.json").write_text(json.dumps(cfg.to_dict()))
+        result = {"finished": True, "mIoU": miou, "init_from_sha256": None}
+        (cfg.resolved_run_dir / "result.json").write_text(json.dumps(result))
+
+    base = ["model.init_from=null", "data.synthetic_size=tiny"]
+    finish(quickstart_config("dacs", 0, tmp_path / "qs", overrides=base), 30.0)
+    seed1 = quickstart_config("dacs", 1, tmp_path / "abl", overrides=base)
+    assert finished_result(seed1, [tmp_path / "qs"]) is None  # seed 0's run is not seed 1's
+    seed0 = quickstart_config(
+        "dacs",
+        0,
+        tmp_path / "abl",
+        overrides=[*base, "runtime.num_threads=1", "runtime.log_interval=5"],
+    )
+    assert finished_result(seed0, [tmp_path / "qs"])["mIoU"] == 30.0
+    det = quickstart_config(
+        "dacs", 0, tmp_path / "abl", overrides=[*base, "runtime.deterministic=true"]
+    )
+    assert finished_result(det, [tmp_path / "qs"]) is None
+    finish(quickstart_config("dacs", 1, tmp_path / "qs", overrides=base), 31.0)
+    assert finished_result(seed1, [tmp_path / "qs"])["mIoU"] == 31.0

@@ -104,10 +104,22 @@ def warm_start_config(
 
 
 # --------------------------------------------------------------------------- run reuse
+#: Runtime settings that change no result: devices, threads, logging, checkpoints, where
+#: the run lives. The others (``seed``, ``amp``, ``deterministic``, ``compile``,
+#: ``channels_last``, ``sync_bn``) change the numbers, so they must match for a reuse.
+NEUTRAL_RUNTIME = (
+    "run_dir", "device", "num_threads", "log_interval", "checkpoint_interval",
+    "keep_checkpoint_interval", "image_interval", "tensorboard", "progress", "max_nonfinite",
+    "find_unused_parameters", "ddp_timeout_s", "resume", "allow_config_change", "stop_after",
+)  # fmt: skip
+
+
 def _comparable(d: dict) -> dict:
-    # Runtime settings (devices, threads, logging, where the run lives) and the labels
-    # (name, the recipe a config started from) change no result.
-    return {k: v for k, v in d.items() if k not in ("runtime", "name", "method")}
+    # The labels (name, the recipe a config started from) change no result either.
+    out = {k: v for k, v in d.items() if k not in ("runtime", "name", "method")}
+    runtime = d.get("runtime", {})
+    out["runtime"] = {k: v for k, v in runtime.items() if k not in NEUTRAL_RUNTIME}
+    return out
 
 
 def _same_config(cfg: TrainConfig) -> bool:
