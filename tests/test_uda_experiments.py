@@ -242,3 +242,26 @@ def test_a_finished_run_is_reused_only_for_its_own_seed(tmp_path):
     assert finished_result(det, [tmp_path / "qs"]) is None
     finish(quickstart_config("dacs", 1, tmp_path / "qs", overrides=base), 31.0)
     assert finished_result(seed1, [tmp_path / "qs"])["mIoU"] == 31.0
+
+
+def test_the_ablation_control_is_source_only_on_the_method_s_data_setting(tmp_path):
+    from pipa_core.experiments.comparisons import (
+        _comparable,
+        ablation_config,
+        control_config,
+        quickstart_config,
+    )
+
+    for method in ("pipa", "daformer"):
+        control = control_config("gta2cs", 0, tmp_path, method=method)
+        row = ablation_config("gta2cs", method, "self-training", (), 0, tmp_path)
+        assert control.uda.mode == "source_only" and not control.losses.enabled
+        assert control.data.crop_size == row.data.crop_size
+        assert control.data.target_scale == row.data.target_scale
+        assert control.optim.max_iters == row.optim.max_iters
+    assert control_config("gta2cs", 0, tmp_path, method="pipa").optim.max_iters == 60000
+    assert control_config("gta2cs", 0, tmp_path, method="daformer").optim.max_iters == 40000
+    # on the embedded benchmark it is the quickstart's control, so its run is reused
+    ours = control_config("synthetic", 1, tmp_path / "abl", "data", ["optim.max_iters=3"])
+    theirs = quickstart_config("source_only", 1, tmp_path / "qs", "data", ["optim.max_iters=3"])
+    assert _comparable(ours.to_dict()) == _comparable(theirs.to_dict())

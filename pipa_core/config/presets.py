@@ -225,6 +225,18 @@ def _cityscapes_target(spec: Any) -> bool:
     return spec.target.name in ("cityscapes", "cityscapes_seq")
 
 
+def uses_pipa_data(benchmark: str, method: str, arch: str = "daformer_mit_b5") -> bool:
+    """Whether ``make_config(benchmark, method)`` trains on PiPa-on-DAFormer's data setting
+    (:func:`apply_pipa_daformer_schedule`): PiPa's methods on a Cityscapes target, unless
+    the recipe's architecture is HRDA (which has its own)."""
+    from pipa_core.data.benchmarks import BENCHMARKS
+
+    spec = BENCHMARKS.get(benchmark)
+    if benchmark in SYNTHETIC_BENCHMARKS or spec is None or is_hrda_arch(arch):
+        return False
+    return method in PIPA_METHODS and _cityscapes_target(spec)
+
+
 #: The embedded benchmarks (still images; sequences for temporal contrast).
 SYNTHETIC_BENCHMARKS = ("synthetic", "synthetic_seq")
 
@@ -299,7 +311,7 @@ def make_config(
         spec = BENCHMARKS[benchmark]
         if is_hrda_arch(c.model.arch):  # the recipe chose HRDA: its data setting
             apply_hrda_schedule(c, spec)
-        elif method in PIPA_METHODS and pipa_data and _cityscapes_target(spec):
+        elif pipa_data and uses_pipa_data(benchmark, method, c.model.arch):
             apply_pipa_daformer_schedule(c)
         # The official UDA configs comment PhotoMetricDistortion out of every pipeline
         # (DACS's colour jitter of the mixed image replaces it); their source-only and

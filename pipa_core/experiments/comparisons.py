@@ -451,13 +451,21 @@ def control_config(
     out_dir: str | Path,
     data_root: str = "data",
     overrides: Sequence[str] = (),
+    method: str = "daformer",
 ) -> TrainConfig:
     """The source-only run the ablation's settings are measured against (``out_dir/source-only``).
 
+    The benchmark's source-only preset, on ``method``'s data setting and schedule where
+    the method has its own (PiPa's 640 crops and 60k iterations on Cityscapes targets;
+    an HRDA method's control stays on DAFormer's single-resolution setting).
     On the embedded benchmark it is the quickstart's control (the warm start trained
     further on the source for the same schedule), so a finished quickstart run is reused.
     """
+    from pipa_core.config.presets import apply_pipa_daformer_schedule, uses_pipa_data
+
     cfg = make_config(benchmark, "source_only")
+    if uses_pipa_data(benchmark, method, make_config(benchmark, method).model.arch):
+        apply_pipa_daformer_schedule(cfg)
     return apply_overrides(
         cfg,
         [
@@ -516,7 +524,8 @@ def run_ablation(
     ]
     if control:
         controls = [
-            (CONTROL, s, control_config(benchmark, s, out_dir, data_root, overrides)) for s in seeds
+            (CONTROL, s, control_config(benchmark, s, out_dir, data_root, overrides, method))
+            for s in seeds
         ]
         jobs_cfg = controls + jobs_cfg
         chosen = [CONTROL, *chosen]
