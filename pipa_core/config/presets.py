@@ -277,6 +277,9 @@ def _synthetic_schedule(c: TrainConfig) -> None:
     c.losses.patch.num_negatives = 1024
     c.eval.interval = 100  # learning curves
     c.eval.mode = "whole"
+    # The val images all have one size: 4 at a time score the 100 images in 2.0 s
+    # instead of 3.1-3.6 (one CPU thread); the mIoU is the same to 1e-5.
+    c.eval.batch_size = 4
     c.runtime.log_interval = 20
     c.runtime.checkpoint_interval = 100
     c.runtime.keep_checkpoint_interval = 0
