@@ -5,11 +5,14 @@ Usage::
     python benchmarks/bench_inference.py                   # --preset cpu on CPU, paper on CUDA
     python benchmarks/bench_inference.py --preset paper --dtype bf16 --device cuda
     python benchmarks/bench_inference.py --smoke           # seconds; used by the tests
+    python benchmarks/bench_inference.py --models quickstart --modes whole \
+        --batch-sizes 1,4,10 --name inference_batch        # the evaluation batch size
 
 Each case calls the model's own API, ``Segmentor.predict(img, mode, crop_size,
-stride)`` (``pipa_core.models.inference``), on a batch of 1 image as the
-evaluation loop does, after ``--warmup`` calls; the device is synchronised
-before reading the clock. Sliding windows use the evaluation default of the
+stride)`` (``pipa_core.models.inference``), on batches of ``--batch-sizes`` images
+(default 1, as the real benchmarks' evaluation; the embedded benchmarks evaluate 4 at
+a time), after ``--warmup`` calls; the device is synchronised before reading the
+clock; times are per image. Sliding windows use the evaluation default of the
 engine (``pipa_core.config.resolve_eval`` / ``pipa_core.models.inference``): the
 training crop as window, stride half of it (512x512 windows at stride 256 on
 1024x512 Cityscapes images; HRDA's 1024x1024 at 512 on 1024x2048).
@@ -67,7 +70,7 @@ DEFAULT_MODELS = {"paper": "quickstart,mit_b5", "cpu": "quickstart,mit_b5", "smo
 
 
 def bench_case(seg, img, mode, window, dtype, warmup: int, iters: int, device) -> dict:
-    """Images/s and peak memory of ``seg.predict`` in ``mode`` on ``img`` (1, 3, H, W)."""
+    """Images/s, ms per image and peak memory of ``seg.predict`` in ``mode`` on ``img`` (B, 3, H, W)."""
     clock, mem = bu.Clock(device), bu.PeakMemory(device)
     kwargs = {}
     if mode == "slide":
@@ -87,9 +90,13 @@ def bench_case(seg, img, mode, window, dtype, warmup: int, iters: int, device) -
             cpu.append(time.process_time() - c0)
     stats = bu.summarize_times(times)
     stats["cpu_median_ms"] = bu.summarize_times(cpu)["median_ms"]
+    b = img.shape[0]
     return {
         **stats,
-        "images_per_s": round(1e3 * img.shape[0] / stats["median_ms"], 3),
+        "batch": b,
+        "ms_per_image": round(stats["median_ms"] / b, 2),
+        "cpu_ms_per_image": round(stats["cpu_median_ms"] / b, 2),
+        "images_per_s": round(1e3 * b / stats["median_ms"], 3),
         "peak_mem_mib": mem.peak_mib(),
         **{k: list(v) for k, v in kwargs.items()},
     }
@@ -103,6 +110,7 @@ def to_markdown(meta: dict, rows: list[dict]) -> str:
             "arch",
             "image",
             "mode",
+            "batch",
             "window / stride",
             "ms / image",
             "CPU ms / image",
@@ -115,11 +123,12 @@ def to_markdown(meta: dict, rows: list[dict]) -> str:
                 r["arch"],
                 "x".join(map(str, r["image"])),
                 r["mode"],
+                r["batch"],
                 f"{'x'.join(map(str, r['crop_size']))} / {'x'.join(map(str, r['stride']))}"
                 if r["mode"] == "slide"
                 else "-",
-                r["median_ms"],
-                r["cpu_median_ms"],
+                r["ms_per_image"],
+                r["cpu_ms_per_image"],
                 r["images_per_s"],
                 r["peak_mem_mib"],
             ]
@@ -129,7 +138,7 @@ def to_markdown(meta: dict, rows: list[dict]) -> str:
     return (
         f"# Inference throughput ({meta['device']}, {meta['dtype']})\n\n"
         + bu.machine_markdown(meta)
-        + f"\nBatch 1, median of {meta['iters']} calls after {meta['warmup']} warm-up calls; "
+        + f"\nBatch sizes {meta['batch_sizes']}, median of {meta['iters']} calls after {meta['warmup']} warm-up calls; "
         f"channels_last {meta['channels_last']}. Memory: {mem} (MiB).\n\n" + table
     )
 
@@ -143,6 +152,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     p.add_argument("--smoke", action="store_true", help="tiny sizes, 1 call (tests)")
     p.add_argument("--models", default=None, help=f"comma-separated subset of {list(MODELS)}")
     p.add_argument("--modes", default="whole,slide")
+    p.add_argument("--batch-sizes", default="1", help="comma-separated images per call")
     p.add_argument("--dtype", choices=sorted(DTYPES), default="fp32")
     p.add_argument("--channels-last", action="store_true")
     p.add_argument("--warmup", type=int, default=None)
@@ -165,6 +175,14 @@ def main(argv: Optional[list[str]] = None) -> int:
     for m in modes:
         if m not in ("whole", "slide"):
             raise SystemExit(f"--modes: unknown mode {m!r}; valid: whole, slide")
+    try:
+        batch_sizes = [int(b) for b in args.batch_sizes.split(",")]
+    except ValueError:
+        raise SystemExit(
+            f"--batch-sizes: expected integers like 1,4, got {args.batch_sizes!r}"
+        ) from None
+    if min(batch_sizes) < 1:
+        raise SystemExit(f"--batch-sizes: every size must be >= 1, got {args.batch_sizes!r}")
     warmup = args.warmup if args.warmup is not None else {"smoke": 0, "cpu": 1, "paper": 5}[preset]
     iters = args.iters if args.iters is not None else {"smoke": 1, "cpu": 3, "paper": 20}[preset]
 
@@ -181,8 +199,8 @@ def main(argv: Optional[list[str]] = None) -> int:
             device
         )
         seg.eval()
-        img = torch.rand(1, 3, *image, generator=torch.Generator().manual_seed(0)).to(device)
-        for mode in modes:
+        for mode, b in ((m, b) for m in modes for b in batch_sizes):
+            img = torch.rand(b, 3, *image, generator=torch.Generator().manual_seed(0)).to(device)
             res = bench_case(seg, img, mode, window, DTYPES[args.dtype], warmup, iters, device)
             row = {
                 "model": n,
@@ -193,7 +211,7 @@ def main(argv: Optional[list[str]] = None) -> int:
                 **res,
             }
             rows.append(row)
-            print(f"{n} {mode} {image}: {res['images_per_s']} images/s", flush=True)
+            print(f"{n} {mode} {image} batch {b}: {res['images_per_s']} images/s", flush=True)
         del seg
     meta = {
         **bu.machine_record(
@@ -201,6 +219,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         ),
         "dtype": args.dtype,
         "channels_last": args.channels_last,
+        "batch_sizes": batch_sizes,
         "preset": preset,
         "warmup": warmup,
         "iters": iters,
